@@ -15,7 +15,8 @@ import numbers
 
 import numpy as np
 
-from tinyconv.tensor import Tensor, is_grad_enabled
+from tinyconv import random
+from tinyconv.tensor import Tensor
 
 
 # ---------------------------------------------------------------------------
@@ -136,26 +137,17 @@ def dropout(input, p=0.5, training=True, generator=None):
     """Zero each element with probability p, scale the rest by 1/(1-p).
 
     `generator` is a `numpy.random.Generator` (seed it for reproducible
-    masks); the default draws from tinyconv's global generator.
+    masks); the default draws from tinyconv's global generator
+    (`tinyconv.manual_seed`).
     """
     x = _check_tensor(input, "input")
     if not 0 <= p <= 1:
         raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
     if not training or p == 0:
         return x
-    rng = generator if generator is not None else default_generator
+    rng = generator if generator is not None else random.get_generator()
     keep = (rng.random(x.shape) >= p).astype(x.dtype) / (1 - p) if p < 1 else np.zeros(x.shape, x.dtype)
     return Tensor._make(x.data * keep, (x,), lambda g: (g * keep,), "dropout")
-
-
-default_generator = np.random.default_rng(0)
-
-
-def manual_seed(seed):
-    """Reseed tinyconv's global generator (dropout masks, weight init)."""
-    global default_generator
-    default_generator = np.random.default_rng(seed)
-    return default_generator
 
 
 # ---------------------------------------------------------------------------
