@@ -14,3 +14,5 @@ from tinyconv.gradcheck import gradcheck  # noqa: F401
 from tinyconv.random import manual_seed  # noqa: F401
 from tinyconv.checkpoint import save, load  # noqa: F401
 from tinyconv import functional, nn  # noqa: F401,E402
+from tinyconv.threads import set_num_threads, get_num_threads  # noqa: F401,E402
+from tinyconv import blocks, models, summary  # noqa: F401,E402

@@ -156,9 +156,19 @@ def _op_cases(rng):
     def t(*shape, low=-2.0, high=2.0):
         return Tensor(rng.uniform(low, high, size=shape), requires_grad=True)
 
+    def distinct(*shape):
+        """No ties, so max-pool is differentiable everywhere we look."""
+        return Tensor(rng.permutation(int(np.prod(shape))).reshape(shape) * 0.1, requires_grad=True)
+
+    def offsets(n, taps, h, w):
+        """Offsets whose fractional part stays in [0.2, 0.8]: away from bilinear's kinks."""
+        whole = rng.integers(-1, 1, size=(n, 2 * taps, h, w))
+        return Tensor(whole + rng.uniform(0.2, 0.8, size=whole.shape), requires_grad=True)
+
     labels = np.array([0, 2, 1])
-    cases = [
+    return [
         ("relu", F.relu, [t(3, 4)]),
+        ("leaky_relu", F.leaky_relu, [t(3, 4)]),
         ("sigmoid", F.sigmoid, [t(3, 4)]),
         ("tanh", F.tanh, [t(3, 4)]),
         ("elu", F.elu, [t(3, 4)]),
@@ -166,16 +176,26 @@ def _op_cases(rng):
         ("log_softmax", F.log_softmax, [t(3, 4)]),
         ("linear", F.linear, [t(3, 5), t(2, 5), t(2)]),
         ("cross_entropy", lambda z: F.cross_entropy(z, labels, label_smoothing=0.1), [t(3, 4)]),
-        ("mse_loss", lambda a, b: F.mse_loss(a, b), [t(3, 4), t(3, 4)]),
+        ("mse_loss", F.mse_loss, [t(3, 4), t(3, 4)]),
         ("normalize", F.normalize, [t(3, 4)]),
+        ("focal_loss", lambda z: F.focal_loss(z, labels, mode="softmax"), [t(3, 4)]),
+        ("triplet_margin_loss", F.triplet_margin_loss, [t(3, 4), t(3, 4), t(3, 4)]),
+        ("conv2d", lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [t(2, 2, 5, 5), t(3, 2, 3, 3), t(3)]),
+        ("conv2d dilated", lambda x, w: F.conv2d(x, w, dilation=2, padding=2), [t(1, 2, 5, 5), t(2, 2, 3, 3)]),
+        ("conv2d grouped", lambda x, w: F.conv2d(x, w, groups=2), [t(1, 4, 4, 4), t(4, 2, 1, 3)]),
+        ("conv2d depthwise", lambda x, w: F.conv2d(x, w, padding=1, groups=2), [t(1, 2, 4, 4), t(4, 1, 3, 3)]),
+        ("conv_transpose2d", lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1),
+         [t(1, 2, 3, 3), t(2, 3, 3, 3), t(3)]),
+        ("deform_conv2d", lambda x, o, w, m: F.deform_conv2d(x, o, w, padding=1, mask=m),
+         [t(1, 2, 4, 4), offsets(1, 4, 5, 5), t(2, 2, 2, 2), t(1, 4, 5, 5, low=0.1, high=1.0)]),
+        ("max_pool2d", lambda x: F.max_pool2d(x, 2, stride=1), [distinct(1, 2, 4, 4)]),
+        ("avg_pool2d", lambda x: F.avg_pool2d(x, 3, stride=2, padding=1), [t(1, 2, 5, 5)]),
+        ("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, 2), [t(1, 2, 5, 5)]),
+        ("batch_norm (training)", lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+         [t(3, 2, 2, 2), t(2), t(2)]),
+        ("channel_shuffle", lambda x: F.channel_shuffle(x, 2), [t(1, 4, 2, 2)]),
+        ("interpolate (bilinear)", lambda x: F.interpolate(x, scale_factor=2, mode="bilinear"), [t(1, 1, 3, 3)]),
     ]
-    for name, builder in _EXTRA_CASES:
-        cases.append((name,) + builder(F, t))
-    return cases
-
-
-# other modules register (name, builder(F, make_tensor) -> (fn, inputs)) here
-_EXTRA_CASES = []
 
 
 def check_ops(print_fn=print, seed=0):

@@ -1,0 +1,137 @@
+"""im2col / col2im: a convolution as a matrix product, and its adjoint.
+
+Notation: x (N, C, H, W) input; kernel k_h x k_w; stride s, padding pad,
+dilation d per axis; output size
+
+    out_h = (H + 2·pad_h - d_h·(k_h - 1) - 1) // s_h + 1       (out_w alike)
+
+im2col copies every receptive field into one column:
+
+    cols[n, (c·k_h + p)·k_w + q, i·out_w + j] = x[n, c, i·s_h - pad_h + p·d_h, j·s_w - pad_w + q·d_w]
+
+(0 where the index falls in the padding). A convolution is then one GEMM per
+sample: y[n] (C_out, out_h·out_w) = weight (C_out, C·k_h·k_w) · cols[n].
+
+col2im is the adjoint (transpose) of im2col: every column entry is *added*
+back to the pixel it was copied from, so overlapping windows sum:
+
+    x[n, c, h, w] = Σ_{p, q, i, j : i·s_h - pad_h + p·d_h = h, j·s_w - pad_w + q·d_w = w} cols[n, (c·k_h + p)·k_w + q, i·out_w + j]
+
+It is therefore the same loop with `+=` instead of `=`. Each is written once, for one sample
+(im2col_sample, col2im_sample, serial: conv2d calls them from its own
+threads); the batched versions run them in parallel over the samples
+(prange over n), whose columns and planes are disjoint.
+
+>>> import numpy as np
+>>> x = np.arange(2 * 3 * 5 * 5, dtype=np.float64).reshape(2, 3, 5, 5)
+>>> im2col(x, (3, 3), (2, 2), (1, 1), (1, 1)).shape     # (N, C·k_h·k_w, out_h·out_w)
+(2, 27, 9)
+>>> col2im(im2col(x, (3, 3), (1, 1), (1, 1), (1, 1)), x.shape, (3, 3), (1, 1), (1, 1), (1, 1)).shape
+(2, 3, 5, 5)
+"""
+import numpy as np
+from numba import njit, prange
+
+
+def conv_output_size(size, k, stride, pad, dil):
+    """Output length of a convolution along one axis: (size + 2·pad - d·(k-1) - 1) // s + 1."""
+    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+
+
+def im2col(x, kernel_size, stride, padding, dilation, out_size=None, out=None):
+    """Columns of x: (N, C, H, W) -> (N, C·k_h·k_w, out_h·out_w).
+
+    out_size (out_h, out_w) defaults to the convolution formula; `out`, when
+    given, is a C-contiguous buffer of the result's shape to write into.
+    """
+    n, c, h, w = x.shape
+    (k_h, k_w), (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w) = kernel_size, stride, padding, dilation
+    if out_size is None:
+        out_size = (conv_output_size(h, k_h, stride_h, pad_h, dil_h), conv_output_size(w, k_w, stride_w, pad_w, dil_w))
+    out_h, out_w = out_size
+    if out is None:
+        out = np.empty((n, c * k_h * k_w, out_h * out_w), dtype=x.dtype)
+    _im2col_kernel(np.ascontiguousarray(x), out, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w)
+    return out
+
+
+def col2im(cols, x_shape, kernel_size, stride, padding, dilation, out_size=None, out=None):
+    """Adjoint of im2col: (N, C·k_h·k_w, out_h·out_w) -> x_shape, overlapping windows summed.
+
+    out_size defaults to the convolution formula; `out`, when given, is a
+    C-contiguous array of shape x_shape that is overwritten.
+    """
+    n, c, h, w = x_shape
+    (k_h, k_w), (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w) = kernel_size, stride, padding, dilation
+    if out_size is None:
+        out_size = (conv_output_size(h, k_h, stride_h, pad_h, dil_h), conv_output_size(w, k_w, stride_w, pad_w, dil_w))
+    if out is None:
+        out = np.empty(x_shape, dtype=cols.dtype)
+    _col2im_kernel(np.ascontiguousarray(cols), out, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                   out_size[0], out_size[1])
+    return out
+
+
+@njit(cache=True)
+def _valid_range(offset, stride, size, out):
+    """Output positions [lo, hi) whose input position o·stride + offset lies inside [0, size)."""
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    hi = (size - 1 - offset) // stride + 1 if offset < size else 0
+    hi = min(hi, out)
+    return min(lo, hi), hi
+
+
+@njit(cache=True, parallel=True)
+def _im2col_kernel(x, cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w):
+    # x (N, C, H, W); cols (N, C·k_h·k_w, out_h·out_w); the samples are disjoint
+    for n in prange(x.shape[0]):
+        im2col_sample(x[n], cols[n], k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w)
+
+
+@njit(cache=True, parallel=True)
+def _col2im_kernel(cols, x, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w):
+    for n in prange(x.shape[0]):
+        col2im_sample(cols[n], x[n], k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w)
+
+
+@njit(cache=True)
+def im2col_sample(x, cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w):
+    """cols (C·k_h·k_w, out_h·out_w) = the columns of one sample x (C, H, W); serial (conv2d's threads call it).
+
+    Chainer's strided-slice loop: for each tap (p, q), the output rows i in [i_lo, i_hi) and columns
+    j in [j_lo, j_hi) read inside the image, a strided window of x[c]; the rest of the row is padding."""
+    channels, height, width = x.shape
+    for c in range(channels):
+        for p in range(k_h):
+            off_h = p * dil_h - pad_h
+            i_lo, i_hi = _valid_range(off_h, stride_h, height, out_h)
+            for q in range(k_w):
+                off_w = q * dil_w - pad_w
+                j_lo, j_hi = _valid_range(off_w, stride_w, width, out_w)
+                window = cols[(c * k_h + p) * k_w + q].reshape(out_h, out_w)  # (out_h, out_w)
+                window[:] = 0
+                if i_lo < i_hi and j_lo < j_hi:
+                    window[i_lo:i_hi, j_lo:j_hi] = x[c, _taps(i_lo, i_hi, stride_h, off_h), _taps(j_lo, j_hi, stride_w, off_w)]
+
+
+@njit(cache=True)
+def col2im_sample(cols, x, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w):
+    """x (C, H, W) = col2im of one sample's cols: im2col_sample's loop with the copy reversed into +=."""
+    channels, height, width = x.shape
+    x[:] = 0
+    for c in range(channels):
+        for p in range(k_h):
+            off_h = p * dil_h - pad_h
+            i_lo, i_hi = _valid_range(off_h, stride_h, height, out_h)
+            for q in range(k_w):
+                off_w = q * dil_w - pad_w
+                j_lo, j_hi = _valid_range(off_w, stride_w, width, out_w)
+                window = cols[(c * k_h + p) * k_w + q].reshape(out_h, out_w)  # (out_h, out_w)
+                if i_lo < i_hi and j_lo < j_hi:
+                    x[c, _taps(i_lo, i_hi, stride_h, off_h), _taps(j_lo, j_hi, stride_w, off_w)] += window[i_lo:i_hi, j_lo:j_hi]
+
+
+@njit(cache=True)
+def _taps(lo, hi, stride, offset):
+    """The input positions o·stride + offset of outputs o in [lo, hi) (lo < hi), as a slice."""
+    return slice(lo * stride + offset, (hi - 1) * stride + offset + 1, stride)
