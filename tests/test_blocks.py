@@ -6,7 +6,7 @@ import pytest
 import tinyconv
 import tinyconv.functional as F
 from tinyconv import Tensor, blocks as B, nn
-from tinyconv.gradcheck import GradcheckError
+from tinyconv.gradcheck import GradcheckError, gradcheck_module
 
 
 def sep(c_in, c_out, k=3, repeats=1):
@@ -117,27 +117,8 @@ def test_output_shape_and_parameter_count(name, make, in_shape, out_shape, param
 
 
 def check_block_gradients(block, inputs, seed=0):
-    """Directional gradcheck of block(*inputs) with respect to the inputs AND every parameter.
-
-    gradcheck perturbs float64 copies of what it is given, so the parameters
-    are passed in as extra inputs and swapped into the block for each call.
-    """
-    block.double()
-    slots = [(m, name) for m in block.modules() for name, p in m._parameters.items() if p is not None]
-    originals = [m._parameters[name] for m, name in slots]
-    n = len(inputs)
-
-    def fn(*args):
-        for (m, name), p in zip(slots, args[n:]):
-            m._parameters[name] = p
-        try:
-            return block(*args[:n])
-        finally:
-            for (m, name), p in zip(slots, originals):
-                m._parameters[name] = p
-
-    params = [Tensor(p.data.copy(), requires_grad=True) for p in originals]
-    return tinyconv.gradcheck(fn, list(inputs) + params, fast_mode=True, seed=seed)
+    """Directional gradcheck with respect to the inputs and every parameter."""
+    return gradcheck_module(block, inputs, seed=seed)
 
 
 def _perturb_offsets(block):

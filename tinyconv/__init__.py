@@ -10,7 +10,7 @@
 __version__ = "0.1.0"
 
 from tinyconv.tensor import Tensor, tensor, no_grad, is_grad_enabled, concat, cat, stack  # noqa: F401
-from tinyconv.gradcheck import gradcheck  # noqa: F401
+from tinyconv.gradcheck import gradcheck, gradcheck_module  # noqa: F401
 from tinyconv.random import manual_seed  # noqa: F401
 from tinyconv.checkpoint import save, load  # noqa: F401
 from tinyconv import functional, nn  # noqa: F401,E402

@@ -138,6 +138,33 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=False, seed=
     return True
 
 
+def gradcheck_module(module, inputs, fast_mode=True, seed=0, **tolerances):
+    """gradcheck of `module(*inputs)` with respect to the inputs AND every parameter.
+
+    The module is converted to float64 in place (`module.double()`).
+    gradcheck perturbs float64 copies of what it is given, so the
+    parameters are passed in as extra inputs and swapped into the module for
+    each call, then put back.
+    """
+    module.double()
+    slots = [(m, name) for m in module.modules() for name, p in m._parameters.items() if p is not None]
+    originals = [m._parameters[name] for m, name in slots]
+    inputs = list(inputs)
+    n = len(inputs)
+
+    def fn(*args):
+        for (m, name), p in zip(slots, args[n:]):
+            m._parameters[name] = p
+        try:
+            return module(*args[:n])
+        finally:
+            for (m, name), p in zip(slots, originals):
+                m._parameters[name] = p
+
+    params = [Tensor(p.data.copy(), requires_grad=True) for p in originals]
+    return gradcheck(fn, inputs + params, fast_mode=fast_mode, seed=seed, **tolerances)
+
+
 def _shift_all(fn, inputs, directions, delta):
     saved = {k: inputs[k].data.copy() for k in directions}
     try:
