@@ -6,6 +6,8 @@ import os
 import pickle
 
 import numpy as np
+
+from conftest import idx_bytes, write_idx  # noqa: E402
 import pytest
 
 from tinyconv import data
@@ -21,17 +23,6 @@ def no_env_data(monkeypatch, tmp_path):
 
 
 # ---- IDX files -----------------------------------------------------------------
-
-def idx_bytes(array, magic):
-    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
-    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-
-
-def write_idx(path, array, magic, gz=False):
-    raw = idx_bytes(array, magic)
-    path.write_bytes(gzip.compress(raw) if gz else raw)
-    return path
-
 
 def write_split(directory, split, images, labels, gz=False, dot=False):
     directory.mkdir(parents=True, exist_ok=True)

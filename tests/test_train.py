@@ -3,7 +3,6 @@ exact resume after Ctrl-C, divergence, and the train / eval CLI."""
 import csv
 import os
 import signal
-import struct
 
 import numpy as np
 import pytest
@@ -13,26 +12,9 @@ from tinyconv import train
 from tinyconv.cli import main
 
 
-def write_idx(path, array, magic):
-    with open(path, "wb") as f:
-        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", n) for n in array.shape))
-        f.write(array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope="module")
-def tiny_mnist(tmp_path_factory):
-    """A learnable 28x28 data set: the class is which of four blocks is bright."""
-    directory = tmp_path_factory.mktemp("fashion-mnist")
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 96), ("t10k", 48)):
-        labels = rng.integers(0, 4, size=n)
-        images = rng.integers(0, 60, size=(n, 28, 28))
-        for i, label in enumerate(labels):
-            r, c = divmod(label, 2)
-            images[i, r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] += 180
-        write_idx(directory / f"{split}-images-idx3-ubyte", images, 2051)
-        write_idx(directory / f"{split}-labels-idx1-ubyte", labels, 2049)
-    return str(directory)
+@pytest.fixture
+def tiny_mnist(quadrant_data):
+    return quadrant_data
 
 
 def config(data_dir, **overrides):

@@ -59,7 +59,12 @@ def _train(args):
 def _eval(args):
     from tinyconv import data, train
 
-    model, config = train.load_run(args.run_dir)
+    from tinyconv import compress
+
+    if compress.is_compressed(args.run_dir):
+        model, config = compress.load_compressed(args.run_dir)
+    else:
+        model, config = train.load_run(args.run_dir)
     dataset = data.load_dataset(args.data or config.data, args.data_dir or config.data_dir, train=False)
     if args.limit:
         dataset = dataset._replace(images=dataset.images[:args.limit], labels=dataset.labels[:args.limit])
@@ -116,7 +121,8 @@ def _add_train(sub):
 
 def _add_eval(sub):
     p = sub.add_parser("eval", help="test accuracy, per-class accuracy and confusion matrix of a run")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `tinyconv train`")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory written by `tinyconv train`, or a .tcz file "
+                                                  "written by `tinyconv compress`")
     p.add_argument("--data", default=None, help="another data set of the same shape")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N test images only")
@@ -139,7 +145,9 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
+    from tinyconv import compress
     from tinyconv.summary import add_cli as add_summary_cli
+    compress.add_cli(sub)
     add_summary_cli(sub)
     p = sub.add_parser("gradcheck", help="check every op's gradient against finite differences")
     p.set_defaults(run=_gradcheck_ops)

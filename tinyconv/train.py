@@ -109,7 +109,7 @@ def _transform(info, augment):
     return data.Compose([data.RandomCrop(h, padding=4 if h >= 32 else 2), data.RandomHorizontalFlip(), normalize])
 
 
-def _optimizer(config, params):
+def build_optimizer(config, params):
     if config.optimizer == "sgd":
         return optim.SGD(params, config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                          nesterov=config.nesterov)
@@ -117,7 +117,7 @@ def _optimizer(config, params):
     return cls(params, config.lr, weight_decay=config.weight_decay)
 
 
-def _scheduler(config, optimizer):
+def build_scheduler(config, optimizer):
     after_warmup = config.epochs - config.warmup_epochs
     if config.schedule == "step":
         schedule = optim.StepLR(optimizer, config.step_size, config.gamma)
@@ -149,8 +149,8 @@ class Run:
                                       shuffle=True, seed=config.seed, transform=_transform(info, augment))
         self.model = models.get(config.model, in_channels=info.shape[0], num_classes=len(info.classes))
         self.model.to(config.dtype)
-        self.optimizer = _optimizer(config, list(self.model.parameters()))
-        self.scheduler = _scheduler(config, self.optimizer)
+        self.optimizer = build_optimizer(config, list(self.model.parameters()))
+        self.scheduler = build_scheduler(config, self.optimizer)
         self.history = []
         self.partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         self.stop_requested = False  # set by Ctrl-C; honoured between two steps
