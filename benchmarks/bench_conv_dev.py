@@ -16,7 +16,9 @@ tinyconv / torch of the minima, and the median process CPU time (all threads)
 of each side. FLOPs count 2 per multiply-add; forward +
 backward is 3x the forward (grad_input and grad_weight each cost a forward).
 
-It also prints the machine's SGEMM rate (NumPy 2048x2048 float32, the
+It also prints a busy-loop control (the speedup of a pure parallel loop at the
+chosen thread count: below ~1.5 the other cores were busy and multi-thread
+timings mean little), the machine's SGEMM rate (NumPy 2048x2048 float32, the
 roofline of any im2col route), the traced peak memory of tinyconv's 3x3 layer
 forward + backward (tracemalloc sees NumPy's allocations), and the Numba
 start-up cost: a cold run (empty NUMBA_CACHE_DIR: compile) and a warm run
@@ -31,6 +33,7 @@ import tempfile
 import time
 import tracemalloc
 
+import numba
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -104,6 +107,27 @@ def sgemm_rate(repeats=5):
     return 2 * 2048 ** 3 / best / 1e9
 
 
+@numba.njit(parallel=True)
+def _busy(work):
+    total = np.zeros(2)
+    for t in numba.prange(2):
+        acc = 0.0
+        for i in range(work):
+            acc += np.sin(i * 1e-9)
+        total[t] = acc
+    return total
+
+
+def parallel_speedup(threads, work=5_000_000):
+    """Wall time of a pure two-way busy loop on 1 thread / on `threads` threads: ~2 on an idle 2-core machine,
+    ~1 when other processes hold the second core (then 2-thread timings say nothing about our parallelism)."""
+    _busy(10)
+    numba.set_num_threads(1)
+    one = min(_timed(lambda: _busy(work)) for _ in range(3))
+    numba.set_num_threads(threads)
+    return one / min(_timed(lambda: _busy(work)) for _ in range(3))
+
+
 def _timed(fn):
     start = time.perf_counter()
     fn()
@@ -152,7 +176,8 @@ def main():
     if torch is not None:
         torch.set_num_threads(args.threads)
     print(f"threads {args.threads}; torch {torch.__version__ if torch else 'not installed'}; "
-          f"SGEMM 2048: {sgemm_rate():.0f} GFLOP/s")
+          f"SGEMM 2048: {sgemm_rate():.0f} GFLOP/s; busy-loop speedup at {args.threads} threads: "
+          f"{parallel_speedup(args.threads):.2f}x")
     print(f"{'layer':8} {'pass':8} {'tinyconv ms (min/med)':>22} {'GFLOP/s':>8} {'torch ms (min/med)':>19} "
           f"{'GFLOP/s':>8} {'ratio':>6} {'CPU ms med (ours/torch)':>24}")
     rng = np.random.default_rng(0)
@@ -170,7 +195,7 @@ def main():
                        f"{work / min(t['torch']) / 1e9:8.0f} {min(t['ours']) / min(t['torch']):6.2f} " \
                        f"{np.median(cpu['ours']) * 1e3:11.1f}/{np.median(cpu['torch']) * 1e3:<11.1f}"
             print(row, flush=True)
-    print(f"SGEMM 2048 after: {sgemm_rate():.0f} GFLOP/s")
+    print(f"SGEMM 2048 after: {sgemm_rate():.0f} GFLOP/s; busy-loop speedup: {parallel_speedup(args.threads):.2f}x")
     if not args.no_memory:
         print(f"peak traced memory, 3x3 layer forward+backward (x and y are 16 MiB each): {peak_memory_mb('3x3'):.0f} MiB")
     if not args.no_compile:

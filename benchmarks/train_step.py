@@ -1,6 +1,7 @@
 """One training step (forward + cross-entropy + backward + SGD), tinyconv vs PyTorch.
 
     python -m benchmarks.train_step [--batch 128] [--repeat 10] [--threads N] [--models fashion_cnn,resnet20]
+                                    [--no-torch]
 
 Times ms per step for the Fashion-MNIST net (28x28x1) and ResNet-20 (32x32x3)
 at batch 128, the two models issue 6 names. PyTorch runs the same
@@ -110,15 +111,17 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--models", default="fashion_cnn,resnet20")
+    parser.add_argument("--no-torch", action="store_true", help="do not import PyTorch even when installed")
     args = parser.parse_args(argv)
     threads = args.threads or tinyconv.get_num_threads()
     tinyconv.set_num_threads(threads)
-    try:
-        import torch
-        torch.set_num_threads(threads)
-    except ImportError:
-        torch = None
-        print("PyTorch is not installed: the torch column is skipped (pip install torch==2.13.0)")
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.set_num_threads(threads)
+        except ImportError:
+            print("PyTorch is not installed: the torch column is skipped (pip install torch==2.13.0)")
     print(f"{_cpu_model()}, {threads} threads, batch {args.batch}, float32, {args.repeat} repeats "
           f"({time.strftime('%Y-%m-%d')})")
     header = f"{'model':<12} {'first step':>11} {'tinyconv ms (median, min-max)':>32}"

@@ -147,8 +147,10 @@ def build_parser():
     _add_eval(sub)
     from tinyconv import compress
     from tinyconv.summary import add_cli as add_summary_cli
+    from benchmarks.cli import add_cli as add_bench_cli
     compress.add_cli(sub)
     add_summary_cli(sub)
+    add_bench_cli(sub)
     p = sub.add_parser("gradcheck", help="check every op's gradient against finite differences")
     p.set_defaults(run=_gradcheck_ops)
     return parser
