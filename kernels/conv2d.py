@@ -28,35 +28,41 @@ is x[n, g] itself, seen as (C_in/G, H·W).
 
 Threads: the (sample, group) work items are cut into B contiguous blocks,
 B = min(N·G, NUMBA_NUM_THREADS), and one prange runs over the blocks. Each
-block builds its columns into its own buffer (one item's columns, so they
-stay in cache) and calls a single-threaded GEMM (np.dot inside the jitted
-code: SciPy's OpenBLAS, pinned to 1 thread by tinyconv/threads.py), writing
-only its own samples' outputs. grad_weight sums into one private
-accumulator per block, and the B accumulators are added up after the loop in
-block order: no races, and since B does not depend on set_num_threads, the
-same answer bit for bit at any thread count. The work is parallel over
-samples and groups only: a batch of one with groups=1 runs on one thread.
+block builds one item's columns at a time into its own buffer, reused for
+all its items, and calls a single-threaded GEMM (np.dot inside the jitted
+code: SciPy's OpenBLAS, pinned to 1 thread when `tinyconv` is imported, see
+tinyconv/threads.py), writing only its own items' outputs. grad_weight sums
+into one private accumulator per block (fewer blocks when B copies of the
+weight would pass _PARTIAL_BYTES), and the accumulators are added up after
+the loop in block order: no races, and since B does not depend on
+set_num_threads, the same answer bit for bit at any thread count.
+Memory: one item's columns per block, (C_in/G·k_h·k_w, out_h·out_w), never
+the whole batch's. The work is parallel over samples and groups only: a
+batch of one with groups=1 runs on one thread; so does any convolution
+below _SERIAL_MULTIPLY_ADDS, where waking threads would cost more.
 
 >>> import numpy as np
 >>> x, w = np.ones((2, 4, 8, 8)), np.ones((6, 2, 3, 3))
 >>> conv2d_forward(x, w, None, (2, 2), (1, 1), (1, 1), 2).shape
 (2, 6, 4, 4)
 """
+from contextlib import contextmanager
+
 import numba
 import numpy as np
 from numba import njit, prange
 
 from kernels.im2col import col2im_sample, conv_output_size, im2col_sample
 
+_SERIAL_MULTIPLY_ADDS = 2**20  # below this (~0.02 ms of GEMM on one core), one thread: see _serial_if_small
+_PARTIAL_BYTES = 64 * 2**20  # at most this much memory for grad_weight's per-block accumulators (or one)
+
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     k_h, k_w = weight.shape[2:]
     out_size = (conv_output_size(x.shape[2], k_h, stride[0], padding[0], dilation[0]),
                 conv_output_size(x.shape[3], k_w, stride[1], padding[1], dilation[1]))
-    y = _conv2d(x, weight, out_size, stride, padding, dilation, groups)
-    if bias is not None:
-        y += bias.reshape(1, -1, 1, 1)
-    return y
+    return _conv2d(x, weight, bias, out_size, stride, padding, dilation, groups)
 
 
 def conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups, needs=(True, True, True)):
@@ -74,16 +80,19 @@ def conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups, n
 # ---------------------------------------------------------------------------
 # the three GEMM routes, shared with conv_transpose2d (Chainer's pairing)
 # ---------------------------------------------------------------------------
-def _conv2d(x, weight, out_size, stride, padding, dilation, groups):
-    """y = W · cols per (sample, group), bias-free, with the output size given (conv_transpose2d's grad needs that)."""
+def _conv2d(x, weight, bias, out_size, stride, padding, dilation, groups):
+    """y = W · cols + b per (sample, group), with the output size given (conv_transpose2d's grad needs that)."""
     # N batch, C_in input channels, O output channels, G groups, L = out_h·out_w output pixels
     n, c_in, h, w = x.shape
     c_out = weight.shape[0]
     y = np.empty((n, c_out) + tuple(out_size), dtype=x.dtype)
-    _forward_kernel(_grouped_input(x, groups),
-                    np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1),  # (G, O/G, C_in/G·k_h·k_w)
-                    y.reshape(n, groups, c_out // groups, -1),                           # (N, G, O/G, L)
-                    *_geometry(weight.shape[2:], stride, padding, dilation, out_size, (h, w)), _blocks(n * groups))
+    bias = np.zeros(c_out, dtype=x.dtype) if bias is None else bias  # added in cache: one signature either way
+    with _serial_if_small(n * c_out * weight[0].size * out_size[0] * out_size[1]):
+        _forward_kernel(_grouped_input(x, groups),
+                        np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1),  # (G, O/G, C_in/G·k_h·k_w)
+                        np.ascontiguousarray(bias, dtype=x.dtype).reshape(groups, -1),      # (G, O/G)
+                        y.reshape(n, groups, c_out // groups, -1),                           # (N, G, O/G, L)
+                        *_geometry(weight.shape[2:], stride, padding, dilation, out_size, (h, w)), _blocks(n * groups))
     return y
 
 
@@ -91,11 +100,13 @@ def _conv2d_grad_input(grad_output, weight, x_shape, stride, padding, dilation, 
     """grad_input = col2im(Wᵀ · grad_output) per (sample, group) (conv_transpose2d's forward)."""
     n, c_out = grad_output.shape[:2]
     grad_input = np.empty(x_shape, dtype=grad_output.dtype)
-    w_t = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1).transpose(0, 2, 1)  # (G, C_in/G·k_h·k_w, O/G)
-    _grad_input_kernel(np.ascontiguousarray(grad_output).reshape(n, groups, c_out // groups, -1),  # (N, G, O/G, L)
-                       np.ascontiguousarray(w_t), _grouped_input(grad_input, groups),
-                       *_geometry(weight.shape[2:], stride, padding, dilation, grad_output.shape[2:], x_shape[2:]),
-                       _blocks(n * groups))
+    w_t = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1).transpose(0, 2, 1)
+    with _serial_if_small(grad_output.size * weight[0].size):
+        _grad_input_kernel(np.ascontiguousarray(grad_output).reshape(n, groups, c_out // groups, -1),  # (N, G, O/G, L)
+                           np.ascontiguousarray(w_t),                                     # (G, C_in/G·k_h·k_w, O/G)
+                           _grouped_input(grad_input, groups),
+                           *_geometry(weight.shape[2:], stride, padding, dilation, grad_output.shape[2:], x_shape[2:]),
+                           _blocks(n * groups))
     return grad_input
 
 
@@ -104,15 +115,17 @@ def _conv2d_grad_weight(grad_output, x, weight_shape, stride, padding, dilation,
     n, c_out = grad_output.shape[:2]
     if x.shape[0] != n:
         raise ValueError(f"grad_output has {n} samples but the input has {x.shape[0]}")
-    blocks = _blocks(n * groups)
-    partial = np.empty((blocks, groups, c_out // groups, int(np.prod(weight_shape[1:]))), dtype=x.dtype)
-    _grad_weight_kernel(np.ascontiguousarray(grad_output).reshape(n, groups, c_out // groups, -1),  # (N, G, O/G, L)
-                        _grouped_input(x, groups), partial,
-                        *_geometry(weight_shape[2:], stride, padding, dilation, grad_output.shape[2:], x.shape[2:]))
-    grad_weight = partial[0]
+    weight_bytes = int(np.prod(weight_shape)) * x.itemsize
+    blocks = max(1, min(_blocks(n * groups), _PARTIAL_BYTES // weight_bytes))  # bounded memory, still fixed
+    partial = np.zeros((blocks, groups, int(np.prod(weight_shape[1:])), c_out // groups), dtype=x.dtype)
+    with _serial_if_small(grad_output.size * int(np.prod(weight_shape[1:]))):
+        _grad_weight_kernel(np.ascontiguousarray(grad_output).reshape(n, groups, c_out // groups, -1),  # (N, G, O/G, L)
+                            _grouped_input(x, groups), partial,
+                            *_geometry(weight_shape[2:], stride, padding, dilation, grad_output.shape[2:], x.shape[2:]))
+    grad_weight_t = partial[0]                                                # (G, C_in/G·k_h·k_w, O/G)
     for b in range(1, blocks):  # block order: the same sum at any thread count
-        grad_weight += partial[b]
-    return grad_weight.reshape(weight_shape)
+        grad_weight_t += partial[b]
+    return np.ascontiguousarray(grad_weight_t.transpose(0, 2, 1)).reshape(weight_shape)
 
 
 def _grouped_input(x, groups):
@@ -137,6 +150,20 @@ def _geometry(kernel_size, stride, padding, dilation, out_size, in_size):
             out_size[0], out_size[1], pointwise)
 
 
+@contextmanager
+def _serial_if_small(multiply_adds):
+    """Run a small convolution on the calling thread alone. Waking Numba's other threads costs ~8 ms per call
+    when another process holds their core (measured on a loaded 2-core machine; microseconds when idle), far
+    more than a small convolution takes. The blocks, and so the results, are the same either way."""
+    previous = numba.get_num_threads()
+    if multiply_adds < _SERIAL_MULTIPLY_ADDS:
+        numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
 def _blocks(items):
     """How many blocks the work items are cut into: one per Numba thread the process started, fixed for its
     lifetime, so results do not depend on set_num_threads. (Read here: Numba will not cache a kernel that
@@ -154,9 +181,9 @@ def _block(b, blocks, items):
 
 
 @njit(cache=True, parallel=True)
-def _forward_kernel(x, weight, y, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w,
+def _forward_kernel(x, weight, bias, y, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w,
                     pointwise, blocks):
-    # x (N, G, C_in/G, H, W); weight (G, O/G, C_in/G·k_h·k_w); y (N, G, O/G, out_h·out_w)
+    # x (N, G, C_in/G, H, W); weight (G, O/G, C_in/G·k_h·k_w); bias (G, O/G); y (N, G, O/G, out_h·out_w)
     n_batch, groups, c_group, height, width = x.shape
     for b in prange(blocks):
         cols = np.empty((0 if pointwise else weight.shape[2], out_h * out_w), dtype=x.dtype)  # this block's own
@@ -168,6 +195,9 @@ def _forward_kernel(x, weight, y, k_h, k_w, stride_h, stride_w, pad_h, pad_w, di
             else:
                 im2col_sample(x[n, g], cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w)
                 np.dot(weight[g], cols, y[n, g])  # (O/G, L) = (O/G, C_in/G·k_h·k_w) · (C_in/G·k_h·k_w, L)
+            for o in range(y.shape[2]):  # scalar loops: an array expression here compiles ~2 s slower (measured)
+                for pixel in range(y.shape[3]):
+                    y[n, g, o, pixel] += bias[g, o]
 
 
 @njit(cache=True, parallel=True)
@@ -191,20 +221,29 @@ def _grad_input_kernel(grad_output, w_t, grad_input, k_h, k_w, stride_h, stride_
 @njit(cache=True, parallel=True)
 def _grad_weight_kernel(grad_output, x, partial, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                         out_h, out_w, pointwise):
-    # grad_output (N, G, O/G, out_h·out_w); x (N, G, C_in/G, H, W); partial (B, G, O/G, C_in/G·k_h·k_w):
-    # block b sums its items into partial[b] only
+    # grad_output (N, G, O/G, out_h·out_w); x (N, G, C_in/G, H, W); partial (B, G, C_in/G·k_h·k_w, O/G):
+    # block b sums its items into partial[b] only. grad_weight[g]ᵀ = Σ cols · grad_outputᵀ: this
+    # orientation of the GEMM runs ~15% faster in OpenBLAS than grad_output · colsᵀ (measured)
     n_batch, groups, c_group, height, width = x.shape
     blocks = partial.shape[0]
     for b in prange(blocks):
-        cols = np.empty((0 if pointwise else partial.shape[3], out_h * out_w), dtype=x.dtype)
-        product = np.empty(partial.shape[2:], dtype=x.dtype)  # (O/G, C_in/G·k_h·k_w)
-        partial[b] = 0
+        cols = np.empty((0 if pointwise else partial.shape[2], out_h * out_w), dtype=x.dtype)
+        product = np.empty(partial.shape[2:], dtype=x.dtype)  # (C_in/G·k_h·k_w, O/G)
         lo, hi = _block(b, blocks, n_batch * groups)
         for item in range(lo, hi):
             n, g = item // groups, item % groups
             if pointwise:
-                np.dot(grad_output[n, g], x[n, g].reshape(c_group, height * width).T, product)
+                np.dot(x[n, g].reshape(c_group, height * width), grad_output[n, g].T, product)
             else:
                 im2col_sample(x[n, g], cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w)
-                np.dot(grad_output[n, g], cols.T, product)  # (O/G, C_in/G·k_h·k_w) = (O/G, L) · (L, C_in/G·k_h·k_w)
-            partial[b, g] += product
+                np.dot(cols, grad_output[n, g].T, product)  # (C_in/G·k_h·k_w, L) · (L, O/G)
+            _accumulate(partial[b, g], product)
+
+
+@njit(cache=True)
+def _accumulate(total, term):
+    """total += term, for 2-D arrays of one shape (a serial loop: an array expression inside prange
+    would be compiled as a nested parallel loop, several seconds of extra compile time)."""
+    for r in range(total.shape[0]):
+        for c in range(total.shape[1]):
+            total[r, c] += term[r, c]

@@ -53,7 +53,7 @@ def conv_transpose2d_backward(grad_output, x, weight, stride, padding, output_pa
     grad_output = np.ascontiguousarray(grad_output)
     grad_input = grad_weight = grad_bias = None
     if needs[0]:
-        grad_input = _conv2d(grad_output, weight, x.shape[2:], stride, padding, dilation, groups)
+        grad_input = _conv2d(grad_output, weight, None, x.shape[2:], stride, padding, dilation, groups)
     if needs[1]:
         grad_weight = _conv2d_grad_weight(np.ascontiguousarray(x), grad_output, weight.shape, stride, padding,
                                           dilation, groups)

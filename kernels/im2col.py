@@ -17,10 +17,13 @@ back to the pixel it was copied from, so overlapping windows sum:
 
     x[n, c, h, w] = Σ_{p, q, i, j : i·s_h - pad_h + p·d_h = h, j·s_w - pad_w + q·d_w = w} cols[n, (c·k_h + p)·k_w + q, i·out_w + j]
 
-It is therefore the same loop with `+=` instead of `=`. Each is written once, for one sample
-(im2col_sample, col2im_sample, serial: conv2d calls them from its own
-threads); the batched versions run them in parallel over the samples
-(prange over n), whose columns and planes are disjoint.
+It is therefore the same loop with `+=` instead of `=`. Both visit, for each
+channel c and tap (p, q), the two matching windows of _tap_windows (Chainer's
+strided slices: the input pixels a tap reads, and the column entries they go
+to). Each is written once, for one sample (im2col_sample, col2im_sample;
+serial, because conv2d calls them from its own threads); the batched im2col
+and col2im run them in parallel over the samples (prange over n), whose
+columns and planes are disjoint.
 
 >>> import numpy as np
 >>> x = np.arange(2 * 3 * 5 * 5, dtype=np.float64).reshape(2, 3, 5, 5)
@@ -96,42 +99,46 @@ def _col2im_kernel(cols, x, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, d
 
 @njit(cache=True)
 def im2col_sample(x, cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w):
-    """cols (C·k_h·k_w, out_h·out_w) = the columns of one sample x (C, H, W); serial (conv2d's threads call it).
-
-    Chainer's strided-slice loop: for each tap (p, q), the output rows i in [i_lo, i_hi) and columns
-    j in [j_lo, j_hi) read inside the image, a strided window of x[c]; the rest of the row is padding."""
-    channels, height, width = x.shape
+    """cols (C·k_h·k_w, out_h·out_w) = the columns of one sample x (C, H, W); serial (conv2d's threads call it)."""
+    channels = x.shape[0]
     for c in range(channels):
         for p in range(k_h):
-            off_h = p * dil_h - pad_h
-            i_lo, i_hi = _valid_range(off_h, stride_h, height, out_h)
             for q in range(k_w):
-                off_w = q * dil_w - pad_w
-                j_lo, j_hi = _valid_range(off_w, stride_w, width, out_w)
-                window = cols[(c * k_h + p) * k_w + q].reshape(out_h, out_w)  # (out_h, out_w)
-                window[:] = 0
-                if i_lo < i_hi and j_lo < j_hi:
-                    window[i_lo:i_hi, j_lo:j_hi] = x[c, _taps(i_lo, i_hi, stride_h, off_h), _taps(j_lo, j_hi, stride_w, off_w)]
+                row = cols[(c * k_h + p) * k_w + q].reshape(out_h, out_w)  # (out_h, out_w)
+                row[:] = 0                                                  # the padding
+                image, column = _tap_windows(x[c], row, p, q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+                for i in range(image.shape[0]):
+                    for j in range(image.shape[1]):
+                        column[i, j] = image[i, j]
 
 
 @njit(cache=True)
 def col2im_sample(cols, x, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w):
     """x (C, H, W) = col2im of one sample's cols: im2col_sample's loop with the copy reversed into +=."""
-    channels, height, width = x.shape
+    channels = x.shape[0]
     x[:] = 0
     for c in range(channels):
         for p in range(k_h):
-            off_h = p * dil_h - pad_h
-            i_lo, i_hi = _valid_range(off_h, stride_h, height, out_h)
             for q in range(k_w):
-                off_w = q * dil_w - pad_w
-                j_lo, j_hi = _valid_range(off_w, stride_w, width, out_w)
-                window = cols[(c * k_h + p) * k_w + q].reshape(out_h, out_w)  # (out_h, out_w)
-                if i_lo < i_hi and j_lo < j_hi:
-                    x[c, _taps(i_lo, i_hi, stride_h, off_h), _taps(j_lo, j_hi, stride_w, off_w)] += window[i_lo:i_hi, j_lo:j_hi]
+                row = cols[(c * k_h + p) * k_w + q].reshape(out_h, out_w)  # (out_h, out_w)
+                image, column = _tap_windows(x[c], row, p, q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+                for i in range(image.shape[0]):
+                    for j in range(image.shape[1]):
+                        image[i, j] += column[i, j]
 
 
 @njit(cache=True)
-def _taps(lo, hi, stride, offset):
-    """The input positions o·stride + offset of outputs o in [lo, hi) (lo < hi), as a slice."""
-    return slice(lo * stride + offset, (hi - 1) * stride + offset + 1, stride)
+def _tap_windows(plane, row, p, q, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    """Tap (p, q)'s two matching windows, Chainer's strided slices: image[a, b] = plane[h, w] and
+    column[a, b] = row[i, j] for the outputs (i, j) whose input (h, w) = (i·s_h - pad_h + p·d_h,
+    j·s_w - pad_w + q·d_w) lies inside the plane (H, W); row (out_h, out_w) is one row of cols.
+    Written as loops over two 2-D views, the copy runs faster (and compiles faster) than flat index
+    arithmetic or a slice assignment (measured)."""
+    off_h, off_w = p * dil_h - pad_h, q * dil_w - pad_w
+    i_lo, i_hi = _valid_range(off_h, stride_h, plane.shape[0], row.shape[0])
+    j_lo, j_hi = _valid_range(off_w, stride_w, plane.shape[1], row.shape[1])
+    if i_lo == i_hi or j_lo == j_hi:  # every output of this tap reads padding
+        return plane[0:0, 0:0], row[0:0, 0:0]
+    rows_h = slice(i_lo * stride_h + off_h, (i_hi - 1) * stride_h + off_h + 1, stride_h)
+    cols_w = slice(j_lo * stride_w + off_w, (j_hi - 1) * stride_w + off_w + 1, stride_w)
+    return plane[rows_h, cols_w], row[i_lo:i_hi, j_lo:j_hi]

@@ -86,8 +86,9 @@ CONFIG_FOR_SPLITS = ((5, 4, 7, 6), (6, 2, 3, 2), (2, 1), (1, 2), (1, 2), 2)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_one_and_two_threads_give_identical_results(dtype):
+def test_one_and_two_threads_give_identical_results(monkeypatch, dtype):
     """The work is cut into NUMBA_NUM_THREADS blocks whatever set_num_threads says: bit-identical answers."""
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # really use the threads on this small case
     x, w, b, rng = operands(CONFIG_FOR_SPLITS, dtype, 0)
     g = rng.standard_normal(GRAD_SHAPE).astype(dtype)
     previous = tinyconv.get_num_threads()
@@ -109,14 +110,44 @@ def test_results_do_not_depend_on_the_split_into_blocks(monkeypatch, blocks):
     args = CONFIG_FOR_SPLITS[2:]
     x, w, b, rng = operands(CONFIG_FOR_SPLITS, np.float64, 0)
     g = rng.standard_normal(GRAD_SHAPE)
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)
     whole = _forward_and_grads(x, w, b, g, args)
     monkeypatch.setattr(dense_conv, "_blocks", lambda items: min(items, blocks))
     split = _forward_and_grads(x, w, b, g, args)
     for got, want in zip(split[:2], whole[:2]):
         np.testing.assert_array_equal(got, want)
     np.testing.assert_allclose(split[2], whole[2], rtol=1e-12, atol=1e-12)
-    for got, want in zip(split, [reference.conv2d_forward(x, w, b, *args)] + list(reference.conv2d_backward(g, x, w, *args))):
+    want_all = [reference.conv2d_forward(x, w, b, *args)] + list(reference.conv2d_backward(g, x, w, *args))
+    for got, want in zip(split, want_all):
         np.testing.assert_allclose(got, want, **TOL[np.float64])
+
+
+def test_grad_weight_accumulators_capped_by_memory(monkeypatch):
+    """With _PARTIAL_BYTES below one weight's size, grad_weight uses a single accumulator: same answer."""
+    args = CONFIG_FOR_SPLITS[2:]
+    x, w, b, rng = operands(CONFIG_FOR_SPLITS, np.float64, 2)
+    g = rng.standard_normal(GRAD_SHAPE)
+    want = reference.conv2d_backward(g, x, w, *args, needs=(False, True, False))[1]
+    monkeypatch.setattr(dense_conv, "_PARTIAL_BYTES", 1)
+    got = dense_conv.conv2d_backward(g, x, w, *args, needs=(False, True, False))[1]
+    np.testing.assert_allclose(got, want, **TOL[np.float64])
+
+
+def test_small_convolutions_run_on_one_thread_and_restore_the_count(monkeypatch):
+    """Below _SERIAL_MULTIPLY_ADDS the kernels run with one Numba thread; the caller's count comes back after."""
+    seen = []
+    kernel = dense_conv._forward_kernel
+    def spy(*args):
+        seen.append(numba.get_num_threads())
+        kernel(*args)
+
+    monkeypatch.setattr(dense_conv, "_forward_kernel", spy)
+    x, w, b, _ = operands(CONFIG_FOR_SPLITS, np.float64, 3)
+    previous = numba.get_num_threads()
+    dense_conv.conv2d_forward(x, w, b, *CONFIG_FOR_SPLITS[2:])
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)
+    dense_conv.conv2d_forward(x, w, b, *CONFIG_FOR_SPLITS[2:])
+    assert seen == [1, previous] and numba.get_num_threads() == previous
 
 
 def test_results_do_not_depend_on_the_batch_split():

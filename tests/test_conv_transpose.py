@@ -1,5 +1,6 @@
 """conv_transpose2d: kernels/conv_transpose.py against kernels/reference.py, gradients through
 tinyconv.functional.conv_transpose2d, the adjoint identity with conv2d, and every argument error."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
@@ -99,6 +100,38 @@ def test_conv_transpose2d_edge_cases(x_shape, w_shape, s, p, op):
     np.testing.assert_allclose(y.data, reference.conv_transpose2d_forward(x, w, b, *config[2:]), **TOL[np.float64])
     inputs = [Tensor(a, requires_grad=True) for a in (x, w, b)]
     assert tinyconv.gradcheck(lambda x_, w_, b_: F.conv_transpose2d(x_, w_, b_, s, p, op), inputs, fast_mode=True)
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_conv_transpose2d_same_bits_at_any_thread_count_and_block_split(monkeypatch, blocks):
+    """1 and 2 threads give the same bits; other block splits the same y and grad_input bits, grad_weight equal
+    up to rounding (it is summed per block): the conv2d routes conv_transpose2d reuses."""
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # really use the threads on this small case
+    config = ((5, 4, 3, 4), (4, 3, 3, 2), (2, 1), (1, 0), (1, 0), 2, (1, 2))
+    args = config[2:]
+    x, w, b, rng = operands(config, np.float64, 4)
+    g = rng.standard_normal(conv_transpose.conv_transpose2d_forward(x, w, b, *args).shape)
+
+    def run():
+        return [conv_transpose.conv_transpose2d_forward(x, w, b, *args)] + \
+            list(conv_transpose.conv_transpose2d_backward(g, x, w, *args))
+
+    previous = tinyconv.get_num_threads()
+    try:
+        tinyconv.set_num_threads(1)
+        one = run()
+        tinyconv.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+        two = run()
+    finally:
+        tinyconv.set_num_threads(previous)
+    for got, want in zip(two, one):
+        np.testing.assert_array_equal(got, want)
+    monkeypatch.setattr(dense_conv, "_blocks", lambda items: min(items, blocks))
+    split = run()
+    for got, want in zip(split[:2], one[:2]):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(split[2:], one[2:]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_conv_transpose2d_non_contiguous_input():

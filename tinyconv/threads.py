@@ -2,11 +2,12 @@
 
 Two thread pools do the work:
 
-* Numba's: every `prange` loop in kernels/ (im2col, col2im, depthwise,
-  pooling, ...). `numba.set_num_threads` sets it at run time, up to the
-  number Numba started with (NUMBA_NUM_THREADS, default: all cores).
-* NumPy's BLAS: the GEMMs of conv2d and conv_transpose2d (`np.matmul`).
-  NumPy has no call for this. When NumPy's BLAS is OpenBLAS (the NumPy
+* Numba's: every `prange` loop in kernels/ (conv2d and conv_transpose2d
+  with their GEMMs, depthwise, pooling, ...). `numba.set_num_threads` sets
+  it at run time, up to the number Numba started with (NUMBA_NUM_THREADS,
+  default: all cores).
+* NumPy's BLAS: `np.matmul` / `@` called from Python (linear layers, the
+  deformable conv's GEMMs). NumPy has no call for this. When NumPy's BLAS is OpenBLAS (the NumPy
   wheels on PyPI bundle it as `scipy_openblas`), this module calls
   OpenBLAS's own `openblas_set_num_threads` through ctypes, with no new
   dependency. With another BLAS (MKL, Accelerate, a system BLAS) the BLAS
