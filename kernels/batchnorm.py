@@ -24,8 +24,10 @@ One fused kernel computes both: per channel, one sweep accumulates Σ g and
 Σ g·x̂, a second writes grad_input.
 
 Kernels run prange over channels (each thread owns whole channels, so the
-writes are disjoint). Arithmetic is in float64 (float32 data is widened
-on load), so float32 results differ from float64 ones by the final rounding. Reductions use the
+writes are disjoint); below conv2d's _SERIAL_MULTIPLY_ADDS elements a call
+runs on one thread (waking the others costs milliseconds on a busy machine).
+Arithmetic is in float64 (float32 data is widened on load), so float32
+results differ from float64 ones by the final rounding. Reductions use the
 fastmath subset {'reassoc', 'contract', 'nsz'} (vectorised sums); batch
 norm never relies on inf or NaN.
 
@@ -38,6 +40,8 @@ norm never relies on inf or NaN.
 """
 import numpy as np
 from numba import njit, prange
+
+from kernels.conv2d import _serial_if_small  # small work on one thread (waking threads costs ~8 ms under load)
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
 
@@ -109,7 +113,8 @@ def _affine(weight, bias, C, dtype):
 def _run_forward(x, weight, bias, eps, training, mean, inv_std):
     weight, bias = _affine(weight, bias, x.shape[1], x.dtype)
     y = np.empty(x.shape, dtype=x.dtype)
-    _forward(_as3d(x), weight, bias, float(eps), training, mean, inv_std, y.reshape(_as3d(x).shape))
+    with _serial_if_small(x.size):
+        _forward(_as3d(x), weight, bias, float(eps), training, mean, inv_std, y.reshape(_as3d(x).shape))
     return y
 
 
@@ -141,8 +146,9 @@ def _run_backward(grad_output, x, weight, mean, inv_std, training, needs):
     grad_weight = np.empty(C, dtype=x.dtype)
     grad_bias = np.empty(C, dtype=x.dtype)
     gi3 = grad_input.reshape(_as3d(x).shape) if needs[0] else grad_input
-    _backward(_as3d(grad_output.astype(x.dtype, copy=False)), _as3d(x), weight, mean, inv_std, training,
-              bool(needs[0]), gi3, grad_weight, grad_bias)
+    with _serial_if_small(x.size):
+        _backward(_as3d(grad_output.astype(x.dtype, copy=False)), _as3d(x), weight, mean, inv_std, training,
+                  bool(needs[0]), gi3, grad_weight, grad_bias)
     return (grad_input if needs[0] else None, grad_weight if needs[1] and not no_weight else None,
             grad_bias if needs[2] else None)
 

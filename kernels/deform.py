@@ -42,12 +42,23 @@ Backward, with g = grad_output:
     grad_mask[n, og·K + t, i, j]          = Σ_{c in og} grad_cols[n, c·K+t, l] · bilinear(x[n, c], sy, sx)
     grad_bias[o] = Σ_{n,i,j} g[n, o, i, j]
 
-The scatter into grad_input runs in a prange over (n, c) planes, so two
-threads never write the same plane; grad_offset and grad_mask are gathers
-(each element sums over the channels of its offset group), prange over
-(n, og, t). Samples are processed in chunks so that the columns stay below
-COLUMNS_BYTES. `bilinear`, `bilinear_grad_yx` and `bilinear_scatter` are
-scalar @njit helpers, the only place the sampling rules live.
+Threads, as kernels/conv2d.py: the samples are cut into B contiguous blocks,
+B = min(N, NUMBA_NUM_THREADS), and one prange runs over the blocks. Each block
+builds one sample's columns at a time into its own (C_in·K, L) buffer and
+calls single-threaded GEMMs (np.dot inside the jitted code, SciPy's OpenBLAS,
+pinned to 1 thread by tinyconv/threads.py), writing only its own samples'
+y, grad_input, grad_offset and grad_mask. grad_weight sums into one private
+accumulator per block, added up after the loop in block order: no races,
+and the same answer bit for bit at any thread count. The backward is one
+kernel: per sample, the columns for grad_weight, then grad_cols, the
+scatter into grad_input and the gathers into grad_offset / grad_mask (each
+element of those sums over the channels of its offset group, in channel
+order). Memory: two (C_in·K, L) buffers per block. The work is parallel over
+samples only: a batch of one runs on one thread, and so does any layer below
+conv2d's _SERIAL_MULTIPLY_ADDS. `bilinear`, `bilinear_grad_yx` (with
+`bilinear_value_grad`, both from one read of the corners) and
+`bilinear_scatter` are scalar @njit helpers, the only place the sampling
+rules live.
 
 >>> import numpy as np
 >>> x = np.zeros((1, 4, 6, 6), np.float32); w = np.zeros((8, 2, 3, 3), np.float32)   # 2 weight groups
@@ -60,7 +71,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-COLUMNS_BYTES = 1 << 26  # at most 64 MiB of columns at a time: samples are processed in chunks below this
+from kernels.conv2d import _PARTIAL_BYTES, _accumulate, _block, _blocks, _serial_if_small
 
 
 # ---------------------------------------------------------------------------
@@ -97,12 +108,21 @@ def bilinear(img, y, x):
 @njit(cache=True)
 def bilinear_grad_yx(img, y, x):
     """(∂bilinear/∂y, ∂bilinear/∂x) at (y, x); (0, 0) outside (-1, H) x (-1, W)."""
+    _, d_dy, d_dx = bilinear_value_grad(img, y, x)
+    return d_dy, d_dx
+
+
+@njit(cache=True)
+def bilinear_value_grad(img, y, x):
+    """(bilinear, ∂bilinear/∂y, ∂bilinear/∂x) at (y, x) from one read of the 4 corners (the backward needs all
+    three); (0, 0, 0) outside (-1, H) x (-1, W)."""
     y0, x0, ly, lx, inside = bilinear_corners(img.shape[0], img.shape[1], y, x)
     if not inside:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0
     v00, v01 = _pixel(img, y0, x0), _pixel(img, y0, x0 + 1)
     v10, v11 = _pixel(img, y0 + 1, x0), _pixel(img, y0 + 1, x0 + 1)
-    return (1 - lx) * (v10 - v00) + lx * (v11 - v01), (1 - ly) * (v01 - v00) + ly * (v11 - v10)
+    value = (1 - ly) * ((1 - lx) * v00 + lx * v01) + ly * ((1 - lx) * v10 + lx * v11)
+    return value, (1 - lx) * (v10 - v00) + lx * (v11 - v01), (1 - ly) * (v01 - v00) + ly * (v11 - v10)
 
 
 @njit(cache=True)
@@ -127,21 +147,20 @@ def bilinear_scatter(grad_img, y, x, g):
 # forward and backward
 # ---------------------------------------------------------------------------
 def deform_conv2d_forward(x, offset, weight, bias, stride, padding, dilation, mask):
-    """y (N, C_out, out_h, out_w): deformable im2col, then one GEMM per (sample, weight group)."""
+    """y (N, C_out, out_h, out_w): per sample, deformable im2col, then one GEMM per weight group."""
     x, offset, weight, mask = _contiguous(x, offset, weight, mask)
     N, C_in = x.shape[:2]
     C_out, C_g, k_h, k_w = weight.shape
     G = C_in // C_g
     out_h, out_w = offset.shape[2:]
-    L = out_h * out_w
-    weight_g = weight.reshape(G, C_out // G, C_g * k_h * k_w)  # (G, O_g, C_g·K)
     y = np.empty((N, C_out, out_h, out_w), x.dtype)
-    for s in _sample_chunks(x, k_h * k_w * L):
-        cols = _columns(x[s], offset[s], _chunk(mask, s), k_h, k_w, stride, padding, dilation)  # (B, C_in·K, L)
-        B = cols.shape[0]
-        y[s] = np.matmul(weight_g, cols.reshape(B, G, C_g * k_h * k_w, L)).reshape(B, C_out, out_h, out_w)
-    if bias is not None:
-        y += bias.reshape(1, C_out, 1, 1).astype(x.dtype, copy=False)
+    bias = np.zeros(C_out, x.dtype) if bias is None else bias  # one signature with and without bias
+    with _serial_if_small(N * C_out * C_g * k_h * k_w * out_h * out_w):
+        _forward_kernel(x, offset, _mask_or_dummy(mask, x), mask is not None,
+                        weight.reshape(G, C_out // G, -1),                       # (G, O_g, C_g·K)
+                        np.ascontiguousarray(bias, dtype=x.dtype).reshape(G, -1),  # (G, O_g)
+                        y.reshape(N, G, C_out // G, out_h * out_w),               # (N, G, O_g, L)
+                        *_geometry(k_h, k_w, stride, padding, dilation), _blocks(N))
     return y
 
 
@@ -156,27 +175,30 @@ def deform_conv2d_backward(grad_output, x, offset, weight, stride, padding, dila
     N, C_in = x.shape[:2]
     C_out, C_g, k_h, k_w = weight.shape
     G = C_in // C_g
-    K, L = k_h * k_w, offset.shape[2] * offset.shape[3]
-    weight_g = weight.reshape(G, C_out // G, C_g * K)  # (G, O_g, C_g·K)
-    grad_input = np.zeros(x.shape, x.dtype) if need_input else None
-    grad_offset = np.zeros(offset.shape, x.dtype) if need_offset else None
-    grad_mask = np.zeros(mask.shape, x.dtype) if need_mask else None
-    grad_weight_g = np.zeros(weight_g.shape, x.dtype) if need_weight else None
-    for s in _sample_chunks(x, K * L):
-        B = grad_output[s].shape[0]
-        g = grad_output[s].reshape(B, G, C_out // G, L)  # (B, G, O_g, L)
-        if need_weight:
-            cols = _columns(x[s], offset[s], _chunk(mask, s), k_h, k_w, stride, padding, dilation)
-            cols = cols.reshape(B, G, C_g * K, L)
-            for b in range(B):  # Σ_b g[b] @ cols[b]ᵀ, one GEMM per (sample, group)
-                grad_weight_g += np.matmul(g[b], cols[b].transpose(0, 2, 1))
-        if need_input or need_offset or need_mask:
-            grad_cols = np.matmul(weight_g.transpose(0, 2, 1), g).reshape(B, C_in * K, L)  # (B, C_in·K, L)
-            _sampling_backward(x[s], offset[s], _chunk(mask, s), grad_cols, _chunk(grad_input, s),
-                               _chunk(grad_offset, s), _chunk(grad_mask, s), k_h, k_w, stride, padding, dilation)
-    grad_weight = grad_weight_g.reshape(weight.shape) if need_weight else None
+    if grad_output.shape != (N, C_out) + offset.shape[2:]:
+        raise ValueError(f"grad_output has shape {grad_output.shape}, expected {(N, C_out) + offset.shape[2:]}")
+    w_t = np.ascontiguousarray(weight.reshape(G, C_out // G, -1).transpose(0, 2, 1))  # (G, C_g·K, O_g)
+    blocks = max(1, min(_blocks(N), _PARTIAL_BYTES // (weight.size * x.itemsize)))  # bounded memory, still fixed
+    partial = np.zeros((blocks,) + (w_t.shape if need_weight else (G, 0, 0)), x.dtype)  # (B, G, C_g·K, O_g)
+    dummy = _mask_or_dummy(None, x)
+    grad_input = np.zeros(x.shape, x.dtype) if need_input else dummy
+    grad_offset = np.zeros(offset.shape, x.dtype) if need_offset else dummy
+    grad_mask = np.zeros(mask.shape, x.dtype) if need_mask else dummy
+    gemms = need_weight + (need_input or need_offset or need_mask)  # 0, 1 or 2 GEMMs of this size
+    with _serial_if_small(grad_output.size * C_g * k_h * k_w * gemms):
+        _backward_kernel(grad_output.reshape(N, G, C_out // G, -1),   # (N, G, O_g, L)
+                         x, offset, _mask_or_dummy(mask, x), mask is not None, w_t, partial,
+                         grad_input, grad_offset, grad_mask, need_input, need_offset, need_mask,
+                         *_geometry(k_h, k_w, stride, padding, dilation))
+    grad_weight = None
+    if need_weight:
+        grad_weight_t = partial[0]                                 # (G, C_g·K, O_g)
+        for b in range(1, blocks):  # block order: the same sum at any thread count
+            grad_weight_t += partial[b]
+        grad_weight = np.ascontiguousarray(grad_weight_t.transpose(0, 2, 1)).reshape(weight.shape)
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if need_bias else None
-    return grad_input, grad_offset, grad_weight, grad_bias, grad_mask
+    return (grad_input if need_input else None, grad_offset if need_offset else None, grad_weight, grad_bias,
+            grad_mask if need_mask else None)
 
 
 def _contiguous(x, offset, weight, mask):
@@ -185,129 +207,159 @@ def _contiguous(x, offset, weight, mask):
     return x, as_x(offset), as_x(weight), as_x(mask)
 
 
-def _sample_chunks(x, K_L):
-    """Slices of the batch whose columns (B, C_in·K, L) fit in COLUMNS_BYTES (at least one sample)."""
-    N, C_in = x.shape[:2]
-    per_sample = C_in * K_L * x.itemsize
-    B = max(1, min(N, COLUMNS_BYTES // max(per_sample, 1)))
-    return [slice(n, min(n + B, N)) for n in range(0, N, B)]
-
-
-def _chunk(a, s):
-    return None if a is None else a[s]
-
-
-def _columns(x, offset, mask, k_h, k_w, stride, padding, dilation):
-    """The deformable im2col: (B, C_in·K, L) masked bilinear samples."""
-    B, C_in = x.shape[:2]
-    cols = np.empty((B, C_in * k_h * k_w, offset.shape[2] * offset.shape[3]), x.dtype)
-    _im2col_kernel(x, offset, _mask_or_dummy(mask, x), mask is not None, cols, k_h, k_w,
-                   stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
-    return cols
-
-
-def _sampling_backward(x, offset, mask, grad_cols, grad_input, grad_offset, grad_mask,
-                       k_h, k_w, stride, padding, dilation):
-    """grad_input (scatter per plane) and grad_offset / grad_mask (gathers per offset-group tap), in place."""
-    args = (k_h, k_w, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
-    dummy = _mask_or_dummy(None, x)
-    if grad_input is not None:
-        _grad_input_kernel(x, offset, _mask_or_dummy(mask, x), mask is not None, grad_cols, grad_input, *args)
-    if grad_offset is not None or grad_mask is not None:
-        _grad_offset_mask_kernel(x, offset, _mask_or_dummy(mask, x), mask is not None, grad_cols,
-                                 dummy if grad_offset is None else grad_offset, grad_offset is not None,
-                                 dummy if grad_mask is None else grad_mask, grad_mask is not None, *args)
+def _geometry(k_h, k_w, stride, padding, dilation):
+    """The kernels' scalar arguments: k_h, k_w, stride, pad, dil (h, w each)."""
+    return k_h, k_w, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1]
 
 
 def _mask_or_dummy(a, x):
-    """A 4-D array of x's dtype in every case, so that v1 and v2 share one compiled kernel."""
+    """A 4-D array of x's dtype in every case, so that v1 and v2 (and unrequested grads) share one kernel."""
     return np.zeros((1, 1, 1, 1), x.dtype) if a is None else a
 
 
 # ---------------------------------------------------------------------------
-# the jitted loops
+# jitted kernels: one prange over blocks of samples, serial GEMMs inside
+# ---------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _forward_kernel(x, offset, mask, has_mask, weight_g, bias, y,
+                    k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, blocks):
+    # x (N, C_in, H, W); weight_g (G, O_g, C_g·K); bias (G, O_g); y (N, G, O_g, L)
+    n_batch, c_in = x.shape[:2]
+    groups, c_out_g, c_g_k = weight_g.shape
+    L = y.shape[3]
+    for b in prange(blocks):
+        cols = np.empty((c_in * k_h * k_w, L), dtype=x.dtype)  # this block's own
+        cols_g = cols.reshape(groups, c_g_k, L)                   # (G, C_g·K, L)
+        lo, hi = _block(b, blocks, n_batch)
+        for n in range(lo, hi):
+            _im2col_sample(x[n], offset[n], mask[n if has_mask else 0], has_mask, cols,
+                           k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+            for g in range(groups):
+                np.dot(weight_g[g], cols_g[g], y[n, g])  # (O_g, L) = (O_g, C_g·K) · (C_g·K, L)
+                for o in range(c_out_g):
+                    for pixel in range(L):
+                        y[n, g, o, pixel] += bias[g, o]
+
+
+@njit(cache=True, parallel=True)
+def _backward_kernel(grad_output, x, offset, mask, has_mask, w_t, partial, grad_input, grad_offset, grad_mask,
+                     need_input, need_offset, need_mask, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    # grad_output (N, G, O_g, L); x (N, C_in, H, W); w_t (G, C_g·K, O_g); partial (B, G, C_g·K, O_g), or
+    # (B, G, 0, 0) when grad_weight is not needed: block b sums its samples' cols · grad_outputᵀ into partial[b]
+    n_batch, c_in = x.shape[:2]
+    groups, c_g_k = w_t.shape[:2]
+    L = grad_output.shape[3]
+    blocks = partial.shape[0]
+    need_weight = partial.shape[2] > 0
+    need_cols_grad = need_input or need_offset or need_mask
+    for b in prange(blocks):
+        cols = np.empty((c_in * k_h * k_w, L), dtype=x.dtype)
+        grad_cols = np.empty((c_in * k_h * k_w, L), dtype=x.dtype)
+        cols_g, grad_cols_g = cols.reshape(groups, c_g_k, L), grad_cols.reshape(groups, c_g_k, L)
+        product = np.empty(partial.shape[2:], dtype=x.dtype)  # (C_g·K, O_g)
+        lo, hi = _block(b, blocks, n_batch)
+        for n in range(lo, hi):
+            mask_n = mask[n if has_mask else 0]
+            if need_weight:
+                _im2col_sample(x[n], offset[n], mask_n, has_mask, cols,
+                               k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+                for g in range(groups):
+                    np.dot(cols_g[g], grad_output[n, g].T, product)  # (C_g·K, L) · (L, O_g)
+                    _accumulate(partial[b, g], product)
+            if need_cols_grad:
+                for g in range(groups):
+                    np.dot(w_t[g], grad_output[n, g], grad_cols_g[g])  # (C_g·K, L) = (C_g·K, O_g) · (O_g, L)
+            if need_input:
+                _grad_input_sample(offset[n], mask_n, has_mask, grad_cols, grad_input[n],
+                                   k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+            if need_offset or need_mask:
+                _grad_offset_mask_sample(x[n], offset[n], mask_n, has_mask, grad_cols,
+                                         grad_offset[n if need_offset else 0], need_offset,
+                                         grad_mask[n if need_mask else 0], need_mask,
+                                         k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+
+
+# ---------------------------------------------------------------------------
+# the per-sample sampling loops (serial; called inside the kernels' prange)
 # ---------------------------------------------------------------------------
 @njit(cache=True)
-def _sample_point(i, j, p, q, offset, n, off_ch, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+def _sample_point(i, j, p, q, offset, off_ch, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
     """(sy, sx): where tap (p, q) of output (i, j) samples, offset channel off_ch holding Δy (then Δx)."""
-    sy = i * stride_h - pad_h + p * dil_h + offset[n, off_ch, i, j]
-    sx = j * stride_w - pad_w + q * dil_w + offset[n, off_ch + 1, i, j]
+    sy = i * stride_h - pad_h + p * dil_h + offset[off_ch, i, j]
+    sx = j * stride_w - pad_w + q * dil_w + offset[off_ch + 1, i, j]
     return sy, sx
 
 
-@njit(cache=True, parallel=True)
-def _im2col_kernel(x, offset, mask, has_mask, cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    # B samples, C_in channels; K = k_h·k_w taps; OG offset groups; cols (B, C_in·K, out_h·out_w)
-    B, C_in = x.shape[:2]
-    out_h, out_w = offset.shape[2:]
+@njit(cache=True)
+def _im2col_sample(x, offset, mask, has_mask, cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
+    # one sample: x (C_in, H, W); offset (2·OG·K, out_h, out_w); mask (OG·K, out_h, out_w); cols (C_in·K, L)
+    C_in = x.shape[0]
+    out_h, out_w = offset.shape[1:]
     K = k_h * k_w
-    chans_per_og = C_in // (offset.shape[1] // (2 * K))
-    for plane in prange(B * C_in):
-        n, c = plane // C_in, plane % C_in
+    chans_per_og = C_in // (offset.shape[0] // (2 * K))
+    for c in range(C_in):
         og = c // chans_per_og
-        img = x[n, c]
+        img = x[c]
         for p in range(k_h):
             for q in range(k_w):
                 t = p * k_w + q
-                row = cols[n, c * K + t]
+                row = cols[c * K + t]
                 for i in range(out_h):
                     for j in range(out_w):
-                        sy, sx = _sample_point(i, j, p, q, offset, n, 2 * (og * K + t),
+                        sy, sx = _sample_point(i, j, p, q, offset, 2 * (og * K + t),
                                                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
-                        m = mask[n, og * K + t, i, j] if has_mask else 1.0
+                        m = mask[og * K + t, i, j] if has_mask else 1.0
                         row[i * out_w + j] = m * bilinear(img, sy, sx)
 
 
-@njit(cache=True, parallel=True)
-def _grad_input_kernel(x, offset, mask, has_mask, grad_cols, grad_input,
+@njit(cache=True)
+def _grad_input_sample(offset, mask, has_mask, grad_cols, grad_input,
                        k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    # prange over (n, c) planes: each plane of grad_input is written by one thread only
-    B, C_in = x.shape[:2]
-    out_h, out_w = offset.shape[2:]
+    # one sample: grad_cols (C_in·K, L) scattered into grad_input (C_in, H, W), channel by channel
+    C_in = grad_input.shape[0]
+    out_h, out_w = offset.shape[1:]
     K = k_h * k_w
-    chans_per_og = C_in // (offset.shape[1] // (2 * K))
-    for plane in prange(B * C_in):
-        n, c = plane // C_in, plane % C_in
+    chans_per_og = C_in // (offset.shape[0] // (2 * K))
+    for c in range(C_in):
         og = c // chans_per_og
-        grad_img = grad_input[n, c]
+        grad_img = grad_input[c]
         for p in range(k_h):
             for q in range(k_w):
                 t = p * k_w + q
-                row = grad_cols[n, c * K + t]
+                row = grad_cols[c * K + t]
                 for i in range(out_h):
                     for j in range(out_w):
-                        sy, sx = _sample_point(i, j, p, q, offset, n, 2 * (og * K + t),
+                        sy, sx = _sample_point(i, j, p, q, offset, 2 * (og * K + t),
                                                stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
-                        m = mask[n, og * K + t, i, j] if has_mask else 1.0
+                        m = mask[og * K + t, i, j] if has_mask else 1.0
                         bilinear_scatter(grad_img, sy, sx, row[i * out_w + j] * m)
 
 
-@njit(cache=True, parallel=True)
-def _grad_offset_mask_kernel(x, offset, mask, has_mask, grad_cols, grad_offset, need_offset, grad_mask, need_mask,
+@njit(cache=True)
+def _grad_offset_mask_sample(x, offset, mask, has_mask, grad_cols, grad_offset, need_offset, grad_mask, need_mask,
                              k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w):
-    # prange over (n, og, t): grad_offset[n, 2(og·K+t) (+1)] and grad_mask[n, og·K+t] are sums over the
-    # channels c of offset group og, all computed by the thread owning (n, og, t)
-    B, C_in = x.shape[:2]
-    out_h, out_w = offset.shape[2:]
+    # one sample: grad_offset[2(og·K+t) (+1)] and grad_mask[og·K+t] sum over the channels c of offset group og
+    C_in = x.shape[0]
+    out_h, out_w = offset.shape[1:]
     K = k_h * k_w
-    OG = offset.shape[1] // (2 * K)
+    OG = offset.shape[0] // (2 * K)
     chans_per_og = C_in // OG
-    for task in prange(B * OG * K):
-        n, og, t = task // (OG * K), (task // K) % OG, task % K
-        p, q = t // k_w, t % k_w
-        off_ch, mask_ch = 2 * (og * K + t), og * K + t
-        for c in range(og * chans_per_og, (og + 1) * chans_per_og):
-            row = grad_cols[n, c * K + t]
-            img = x[n, c]
-            for i in range(out_h):
-                for j in range(out_w):
-                    sy, sx = _sample_point(i, j, p, q, offset, n, off_ch,
-                                           stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
-                    g = row[i * out_w + j]
-                    if need_offset:
-                        m = mask[n, mask_ch, i, j] if has_mask else 1.0
-                        d_dy, d_dx = bilinear_grad_yx(img, sy, sx)
-                        grad_offset[n, off_ch, i, j] += g * m * d_dy
-                        grad_offset[n, off_ch + 1, i, j] += g * m * d_dx
-                    if need_mask:
-                        grad_mask[n, mask_ch, i, j] += g * bilinear(img, sy, sx)
+    for og in range(OG):
+        for t in range(K):
+            p, q = t // k_w, t % k_w
+            off_ch, mask_ch = 2 * (og * K + t), og * K + t
+            for c in range(og * chans_per_og, (og + 1) * chans_per_og):
+                row = grad_cols[c * K + t]
+                img = x[c]
+                for i in range(out_h):
+                    for j in range(out_w):
+                        sy, sx = _sample_point(i, j, p, q, offset, off_ch,
+                                               stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
+                        g = row[i * out_w + j]
+                        value, d_dy, d_dx = bilinear_value_grad(img, sy, sx)
+                        if need_offset:
+                            m = mask[mask_ch, i, j] if has_mask else 1.0
+                            grad_offset[off_ch, i, j] += g * m * d_dy
+                            grad_offset[off_ch + 1, i, j] += g * m * d_dx
+                        if need_mask:
+                            grad_mask[mask_ch, i, j] += g * value

@@ -43,6 +43,8 @@ is memory-bound and its planes are small, so:
   thread-private padded plane; grad_weight is a dot product per tap into a
   partial array indexed by the prange plane (n, o), summed over n outside
   the parallel loop, so no two threads ever write the same element.
+* below conv2d's _SERIAL_MULTIPLY_ADDS multiply-adds a call runs on one
+  thread (waking the others costs milliseconds on a busy machine).
 
 >>> import numpy as np
 >>> x = np.ones((2, 3, 8, 8), np.float32)
@@ -52,6 +54,8 @@ is memory-bound and its planes are small, so:
 """
 import numpy as np
 from numba import get_num_threads, njit, prange
+
+from kernels.conv2d import _serial_if_small  # small work on one thread (waking threads costs ~8 ms under load)
 
 # Fast-math subset allowed by STYLE.md 13 (no -inf or NaN tricks in this op):
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
@@ -68,8 +72,9 @@ def depthwise_conv2d_forward(x, weight, bias, stride, padding, dilation):
     weight = np.ascontiguousarray(weight, dtype=x.dtype)
     bias = np.zeros(c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((n, c_out, out_h, out_w), x.dtype)
-    _forward_planes(x, weight, bias, y, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                    _n_chunks(n * c))
+    with _serial_if_small(y.size * k_h * k_w):
+        _forward_planes(x, weight, bias, y, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                        _n_chunks(n * c))
     return y
 
 
@@ -84,9 +89,10 @@ def depthwise_conv2d_backward(grad_output, x, weight, stride, padding, dilation,
     grad_input = np.empty(x.shape if need_input else (0, 0, 0, 0), x.dtype)
     weight_partial = np.empty((n, c_out, k_h, k_w) if need_weight else (0, 0, 0, 0), x.dtype)
     if need_input or need_weight:
-        _backward_planes(grad_output, x, weight, grad_input, weight_partial, need_input, need_weight,
-                         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                         _n_chunks(x.shape[0] * x.shape[1]))
+        with _serial_if_small(grad_output.size * k_h * k_w * (need_input + need_weight)):
+            _backward_planes(grad_output, x, weight, grad_input, weight_partial, need_input, need_weight,
+                             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
+                             _n_chunks(x.shape[0] * x.shape[1]))
     grad_weight = weight_partial.sum(axis=0)[:, None] if need_weight else None  # (C·M, 1, k_h, k_w)
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if need_bias else None
     return (grad_input if need_input else None), grad_weight, grad_bias

@@ -37,7 +37,9 @@ The average kernels take one more table, `div[i]`, and the divisor of
 window (i, j) is div_h[i]·div_w[j]. So max_pool2d and adaptive_max_pool2d
 run the same jitted max kernel, and avg_pool2d and adaptive_avg_pool2d the
 same jitted box kernel. Each kernel has prange over the N·C planes, so the
-writes of different threads never overlap. No fastmath: max pooling works
+writes of different threads never overlap; below conv2d's
+_SERIAL_MULTIPLY_ADDS input elements a call runs on one thread (waking the
+others costs milliseconds on a busy machine). No fastmath: max pooling works
 with -inf and NaN.
 
 >>> x = np.random.rand(2, 3, 7, 7).astype(np.float32)
@@ -49,6 +51,8 @@ with -inf and NaN.
 """
 import numpy as np
 from numba import njit, prange
+
+from kernels.conv2d import _serial_if_small  # small work on one thread (waking threads costs ~8 ms under load)
 
 
 def pool_output_size(size, k, stride, pad, dil, ceil_mode):
@@ -126,7 +130,8 @@ def _max_pool(x, taps_h, taps_w, dil_h, dil_w):
     out_h, out_w = len(taps_h[0]), len(taps_w[0])
     y = np.empty((N * C, out_h, out_w), dtype=x.dtype)
     indices = np.empty((N * C, out_h, out_w), dtype=np.int64)
-    _max_forward(x3, taps_h[0], taps_h[1], dil_h, taps_w[0], taps_w[1], dil_w, y, indices)
+    with _serial_if_small(x.size):
+        _max_forward(x3, taps_h[0], taps_h[1], dil_h, taps_w[0], taps_w[1], dil_w, y, indices)
     return y.reshape(N, C, out_h, out_w), indices.reshape(N, C, out_h, out_w)
 
 
@@ -144,8 +149,9 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     """grad_input[n, c, indices[n, c, i, j]] += grad_output[n, c, i, j]."""
     N, C, H, W = input_shape
     grad_input = np.zeros((N * C, H * W), dtype=grad_output.dtype)  # (P, H·W)
-    _max_backward(np.ascontiguousarray(grad_output).reshape(N * C, -1),
-                  np.ascontiguousarray(indices).reshape(N * C, -1), grad_input)
+    with _serial_if_small(grad_input.size):
+        _max_backward(np.ascontiguousarray(grad_output).reshape(N * C, -1),
+                      np.ascontiguousarray(indices).reshape(N * C, -1), grad_input)
     return grad_input.reshape(N, C, H, W)
 
 
@@ -210,7 +216,8 @@ def _box_tables(shape, kernel_size, stride, padding, ceil_mode, count_include_pa
 def _box_mean(x, rows, cols):
     N, C, H, W = x.shape
     y = np.empty((N * C, len(rows[0]), len(cols[0])), dtype=x.dtype)
-    _box_forward(np.ascontiguousarray(x).reshape(N * C, H, W), *rows, *cols, y)  # (P, H, W) -> (P, out_h, out_w)
+    with _serial_if_small(x.size):
+        _box_forward(np.ascontiguousarray(x).reshape(N * C, H, W), *rows, *cols, y)  # (P, H, W) -> (P, out_h, out_w)
     return y.reshape(N, C, len(rows[0]), len(cols[0]))
 
 
@@ -218,7 +225,8 @@ def _box_mean_backward(grad_output, input_shape, rows, cols):
     N, C, H, W = input_shape
     grad_input = np.zeros((N * C, H, W), dtype=grad_output.dtype)
     g3 = np.ascontiguousarray(grad_output).reshape(N * C, len(rows[0]), len(cols[0]))  # (P, out_h, out_w)
-    _box_backward(g3, *rows, *cols, grad_input)
+    with _serial_if_small(grad_input.size):
+        _box_backward(g3, *rows, *cols, grad_input)
     return grad_input.reshape(N, C, H, W)
 
 

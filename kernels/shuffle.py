@@ -13,8 +13,9 @@ the inverse of shuffling with g groups is shuffling with m = C/g groups:
     grad_input = channel_shuffle(grad_output, C // g)
 
 The kernel copies one (n, output channel) plane per prange step: the
-writes are disjoint. Any number of trailing axes works (they are viewed as
-one axis of length L).
+writes are disjoint. Below conv2d's _SERIAL_MULTIPLY_ADDS elements a call
+runs on one thread (waking the others costs milliseconds on a busy machine).
+Any number of trailing axes works (they are viewed as one axis of length L).
 
 >>> x = np.arange(6, dtype=np.float32).reshape(1, 6, 1, 1)
 >>> channel_shuffle_forward(x, 2).ravel()
@@ -24,6 +25,8 @@ array([0., 1., 2., 3., 4., 5.], dtype=float32)
 """
 import numpy as np
 from numba import njit, prange
+
+from kernels.conv2d import _serial_if_small  # small work on one thread (waking threads costs ~8 ms under load)
 
 
 @njit(cache=True, parallel=True)
@@ -43,7 +46,8 @@ def channel_shuffle_forward(x, groups):
     """y[n, j·g + i] = x[n, i·m + j] with m = C / g."""
     x3 = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)  # (N, C, L)
     y = np.empty(x3.shape, dtype=x.dtype)
-    _shuffle(x3, int(groups), y)
+    with _serial_if_small(x3.size):
+        _shuffle(x3, int(groups), y)
     return y.reshape(x.shape)
 
 

@@ -1,11 +1,12 @@
 """Batch norm: kernels/batchnorm.py against kernels/reference.py, gradients and running statistics."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinyconv
 import tinyconv.functional as F
-from kernels import batchnorm, reference
+from kernels import conv2d as dense_conv, batchnorm, reference
 from tinyconv import Tensor
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-10), np.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -173,3 +174,22 @@ def test_bad_arguments(kwargs, error, match):
         F.batch_norm(Tensor(np.zeros((2, 3, 2, 2))), **args)
     with pytest.raises(ValueError, match="input must be"):
         F.batch_norm(Tensor(np.zeros(3)), None, None, training=True)
+
+
+def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
+    seen = []
+    kernel = batchnorm._forward
+
+    def spy(*args):
+        seen.append(numba.get_num_threads())
+        kernel(*args)
+
+    monkeypatch.setattr(batchnorm, "_forward", spy)
+    x = np.random.default_rng(7).standard_normal((2, 3, 6, 6))
+    previous = numba.get_num_threads()
+    small = batchnorm.batch_norm_forward(x, None, None, 1e-5)[0]
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # now every call counts as large
+    large = batchnorm.batch_norm_forward(x, None, None, 1e-5)[0]
+    assert seen == [1, previous] and numba.get_num_threads() == previous
+    np.testing.assert_array_equal(small, large)

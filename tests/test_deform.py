@@ -1,13 +1,14 @@
 """Deformable convolution: kernels/deform.py against kernels/reference.py, the conv2d oracles
 (zero offset, integer offset, mask of ones), gradients through tinyconv.functional.deform_conv2d,
 and the argument checks."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings, assume, strategies as st
 
 import tinyconv
 import tinyconv.functional as F
-from kernels import deform, reference
+from kernels import conv2d as dense_conv, deform, reference
 from tinyconv import Tensor
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -61,6 +62,8 @@ def test_bilinear_helpers_match_reference():
     for y, x in points:
         assert deform.bilinear(img, y, x) == pytest.approx(reference.bilinear(img, y, x), abs=1e-14)
         assert deform.bilinear_grad_yx(img, y, x) == pytest.approx(reference.bilinear_grad_yx(img, y, x), abs=1e-14)
+        assert deform.bilinear_value_grad(img, y, x) == pytest.approx(
+            (reference.bilinear(img, y, x),) + tuple(reference.bilinear_grad_yx(img, y, x)), abs=1e-14)
         got, want = np.zeros_like(img), np.zeros_like(img)
         deform.bilinear_scatter(got, y, x, 0.7)
         reference.bilinear_scatter(want, y, x, 0.7)
@@ -108,19 +111,73 @@ def test_needs_returns_none_for_grads_not_requested():
                 assert got is None
 
 
-def test_chunked_batch_matches_one_chunk(monkeypatch):
-    """Samples are processed in chunks below COLUMNS_BYTES: a one-sample chunk must give the same result."""
-    cfg = dict(N=3, C_in=2, C_out=3, G=1, OG=1, H=5, W=6, k=(2, 3), s=(1, 1), p=(1, 1), d=(1, 1), out=(6, 6))
-    rng = np.random.default_rng(2)
-    x, offset, w, b, mask = operands(cfg, rng)
-    g = rng.standard_normal((3, 3, 6, 6))
-    whole = (deform.deform_conv2d_forward(x, offset, w, b, *conv_args(cfg), mask),) + \
-        deform.deform_conv2d_backward(g, x, offset, w, *conv_args(cfg), mask)
-    monkeypatch.setattr(deform, "COLUMNS_BYTES", 1)
-    chunked = (deform.deform_conv2d_forward(x, offset, w, b, *conv_args(cfg), mask),) + \
-        deform.deform_conv2d_backward(g, x, offset, w, *conv_args(cfg), mask)
-    for got, want in zip(chunked, whole):
-        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+SPLIT_CFG = dict(N=5, C_in=4, C_out=4, G=2, OG=2, H=5, W=6, k=(2, 3), s=(1, 1), p=(1, 1), d=(1, 1), out=(6, 6))
+
+
+def _forward_and_grads(cfg, dtype, seed):
+    """y and all five gradients of a v2 deformable conv with bias, in dtype."""
+    rng = np.random.default_rng(seed)
+    x, offset, w, b, mask = operands(cfg, rng, dtype)
+    g = rng.standard_normal((cfg["N"], cfg["C_out"]) + cfg["out"]).astype(dtype)
+    return [deform.deform_conv2d_forward(x, offset, w, b, *conv_args(cfg), mask)] + \
+        list(deform.deform_conv2d_backward(g, x, offset, w, *conv_args(cfg), mask))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_and_two_threads_give_identical_results(monkeypatch, dtype):
+    """The samples are cut into NUMBA_NUM_THREADS blocks whatever set_num_threads says: bit-identical answers."""
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # really use the threads on this small case
+    previous = tinyconv.get_num_threads()
+    try:
+        runs = []
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            tinyconv.set_num_threads(threads)
+            runs.append(_forward_and_grads(SPLIT_CFG, dtype, 3))
+    finally:
+        tinyconv.set_num_threads(previous)
+    for got, want in zip(runs[-1], runs[0]):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 10])
+def test_results_do_not_depend_on_the_split_into_blocks(monkeypatch, blocks):
+    """Any number of sample blocks: y, grad_input, grad_offset, grad_bias and grad_mask bit for bit, grad_weight
+    (summed per block, then over blocks) up to rounding, all matching the reference."""
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)
+    whole = _forward_and_grads(SPLIT_CFG, np.float64, 4)
+    monkeypatch.setattr(deform, "_blocks", lambda items: min(items, blocks))
+    split = _forward_and_grads(SPLIT_CFG, np.float64, 4)
+    for k in (0, 1, 2, 4, 5):
+        np.testing.assert_array_equal(split[k], whole[k])
+    np.testing.assert_allclose(split[3], whole[3], rtol=1e-12, atol=1e-12)
+    rng = np.random.default_rng(4)
+    x, offset, w, b, mask = operands(SPLIT_CFG, rng)
+    g = rng.standard_normal((SPLIT_CFG["N"], SPLIT_CFG["C_out"]) + SPLIT_CFG["out"])
+    want = [reference.deform_conv2d_forward(x, offset, w, b, *conv_args(SPLIT_CFG), mask)] + \
+        list(reference.deform_conv2d_backward(g, x, offset, w, *conv_args(SPLIT_CFG), mask))
+    for got, ref in zip(split, want):
+        np.testing.assert_allclose(got, ref, **TOL[np.float64])
+
+
+def test_grad_weight_accumulators_capped_by_memory(monkeypatch):
+    """With _PARTIAL_BYTES below one weight's size, grad_weight uses a single accumulator: same answer."""
+    rng = np.random.default_rng(5)
+    x, offset, w, b, mask = operands(SPLIT_CFG, rng)
+    g = rng.standard_normal((SPLIT_CFG["N"], SPLIT_CFG["C_out"]) + SPLIT_CFG["out"])
+    needs = (False, False, True, False, False)
+    want = reference.deform_conv2d_backward(g, x, offset, w, *conv_args(SPLIT_CFG), mask, needs)[2]
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(deform, "_PARTIAL_BYTES", 1)
+    got = deform.deform_conv2d_backward(g, x, offset, w, *conv_args(SPLIT_CFG), mask, needs)[2]
+    np.testing.assert_allclose(got, want, **TOL[np.float64])
+
+
+def test_wrong_grad_output_shape_is_rejected():
+    rng = np.random.default_rng(6)
+    x, offset, w, b, mask = operands(SPLIT_CFG, rng)
+    g = np.ones((SPLIT_CFG["N"] + 1, SPLIT_CFG["C_out"]) + SPLIT_CFG["out"])
+    with pytest.raises(ValueError, match="grad_output"):
+        deform.deform_conv2d_backward(g, x, offset, w, *conv_args(SPLIT_CFG), mask)
 
 
 # ---------------------------------------------------------------------------
@@ -260,3 +317,23 @@ def test_valid_call_runs():
 def test_bad_input_is_rejected(changes, error, words):
     with pytest.raises(error, match=words):
         bad_call(**changes)
+
+
+def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
+    seen = []
+    kernel = deform._forward_kernel
+
+    def spy(*args):
+        seen.append(numba.get_num_threads())
+        kernel(*args)
+
+    monkeypatch.setattr(deform, "_forward_kernel", spy)
+    rng = np.random.default_rng(7)
+    x, offset, w, b, mask = operands(SPLIT_CFG, rng)
+    previous = numba.get_num_threads()
+    small = deform.deform_conv2d_forward(x, offset, w, b, *conv_args(SPLIT_CFG), mask)
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # now every call counts as large
+    large = deform.deform_conv2d_forward(x, offset, w, b, *conv_args(SPLIT_CFG), mask)
+    assert seen == [1, previous] and numba.get_num_threads() == previous
+    np.testing.assert_array_equal(small, large)

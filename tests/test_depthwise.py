@@ -7,7 +7,7 @@ from hypothesis import given, settings, assume, strategies as st
 
 import tinyconv
 import tinyconv.functional as F
-from kernels import depthwise, reference
+from kernels import conv2d as dense_conv, depthwise, reference
 from tinyconv import Tensor
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
@@ -166,3 +166,23 @@ def test_bad_depthwise_weight_is_rejected_before_the_kernel():
         F.conv2d(x, Tensor(np.zeros((4, 2, 3, 3))), groups=4)  # weight must be (C·M, 1, k_h, k_w)
     with pytest.raises(ValueError, match="C_out"):
         F.conv2d(x, Tensor(np.zeros((6, 1, 3, 3))), groups=4)  # C_out must be a multiple of C_in
+
+
+def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
+    seen = []
+    kernel = depthwise._forward_planes
+
+    def spy(*args):
+        seen.append(numba.get_num_threads())
+        kernel(*args)
+
+    monkeypatch.setattr(depthwise, "_forward_planes", spy)
+    x = np.random.default_rng(7).standard_normal((2, 3, 6, 6))
+    w = np.random.default_rng(8).standard_normal((6, 1, 3, 3))
+    previous = numba.get_num_threads()
+    small = depthwise.depthwise_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1))
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # now every call counts as large
+    large = depthwise.depthwise_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1))
+    assert seen == [1, previous] and numba.get_num_threads() == previous
+    np.testing.assert_array_equal(small, large)

@@ -1,11 +1,12 @@
 """Pooling: kernels/pool.py against kernels/reference.py, gradients through tinyconv.functional."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings, assume, strategies as st
 
 import tinyconv
 import tinyconv.functional as F
-from kernels import pool, reference
+from kernels import conv2d as dense_conv, pool, reference
 from tinyconv import Tensor
 
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-6)}
@@ -209,3 +210,22 @@ def test_bad_arguments_raise_value_error(call, match):
 def test_bad_types_raise_type_error(call, match):
     with pytest.raises(TypeError, match=match):
         call(Tensor(np.zeros((1, 3, 5, 5))))
+
+
+def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
+    seen = []
+    kernel = pool._max_forward
+
+    def spy(*args):
+        seen.append(numba.get_num_threads())
+        kernel(*args)
+
+    monkeypatch.setattr(pool, "_max_forward", spy)
+    x = np.random.default_rng(7).standard_normal((2, 3, 6, 6))
+    previous = numba.get_num_threads()
+    small = pool.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False)[0]
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # now every call counts as large
+    large = pool.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False)[0]
+    assert seen == [1, previous] and numba.get_num_threads() == previous
+    np.testing.assert_array_equal(small, large)

@@ -1,11 +1,12 @@
 """Channel shuffle: kernels/shuffle.py against kernels/reference.py, gradients through tinyconv.functional."""
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinyconv
 import tinyconv.functional as F
-from kernels import reference, shuffle
+from kernels import conv2d as dense_conv, reference, shuffle
 from tinyconv import Tensor
 
 
@@ -60,3 +61,22 @@ def test_full_jacobian():
 def test_bad_arguments(shape, groups, match):
     with pytest.raises(ValueError, match=match):
         F.channel_shuffle(Tensor(np.zeros(shape)), groups)
+
+
+def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
+    """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
+    seen = []
+    kernel = shuffle._shuffle
+
+    def spy(*args):
+        seen.append(numba.get_num_threads())
+        kernel(*args)
+
+    monkeypatch.setattr(shuffle, "_shuffle", spy)
+    x = np.random.default_rng(7).standard_normal((2, 6, 4, 4))
+    previous = numba.get_num_threads()
+    small = shuffle.channel_shuffle_forward(x, 3)
+    monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # now every call counts as large
+    large = shuffle.channel_shuffle_forward(x, 3)
+    assert seen == [1, previous] and numba.get_num_threads() == previous
+    np.testing.assert_array_equal(small, large)

@@ -59,19 +59,20 @@ def lenet5(in_channels=1, num_classes=10, input_size=None):
                                            nn.Linear(120, 84), nn.Tanh(), nn.Linear(84, num_classes)))
 
 
-def fashion_cnn(in_channels=1, num_classes=10, input_size=None, dropout=0.25):
+def fashion_cnn(in_channels=1, num_classes=10, input_size=None, dropout=0.25, channels=(32, 64), hidden=128):
     """The 2-conv BN net of the Fashion-MNIST benchmark table (≈93% test accuracy): tinyconv's default.
 
-    [conv3x3-BN-ReLU-maxpool2] x2 (32, 64 channels) → fc 128 → ReLU → dropout → fc.
+    [conv3x3-BN-ReLU-maxpool2] x2 (`channels`) → fc `hidden` → ReLU → dropout → fc.
     input_size defaults to 28 for 1 channel, 32 otherwise.
     """
     input_size = _default_size(in_channels, input_size)
     side = input_size // 4
+    c1, c2 = channels
     return _named((in_channels, input_size, input_size),
-                  features=nn.Sequential(conv_bn(in_channels, 32, 3), nn.MaxPool2d(2),
-                                         conv_bn(32, 64, 3), nn.MaxPool2d(2)),
-                  classifier=nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, 128), nn.ReLU(),
-                                           nn.Dropout(dropout), nn.Linear(128, num_classes)))
+                  features=nn.Sequential(conv_bn(in_channels, c1, 3), nn.MaxPool2d(2),
+                                         conv_bn(c1, c2, 3), nn.MaxPool2d(2)),
+                  classifier=nn.Sequential(nn.Flatten(), nn.Linear(c2 * side * side, hidden), nn.ReLU(),
+                                           nn.Dropout(dropout), nn.Linear(hidden, num_classes)))
 
 
 # ---------------------------------------------------------------------------
