@@ -77,13 +77,19 @@ def save(obj, path):
     if META_KEY in arrays:
         raise ValueError(f"the name {META_KEY!r} is reserved")
     meta = json.dumps({"format": FORMAT, "version": VERSION, "structure": structure})
+    atomic_write(path, lambda f: np.savez(f, **{META_KEY: np.array(meta)}, **arrays))
+
+
+def atomic_write(path, write):
+    """Call `write(f)` on a temporary binary file beside `path`, flush and fsync it, then
+    rename it over `path`: readers see the old file or the new one, never half of one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{META_KEY: np.array(meta)}, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -80,13 +80,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 import zlib
 from collections import OrderedDict
 
 import numpy as np
 from numba import njit
 
+from tinyconv.checkpoint import atomic_write
 from tinyconv.nn.module import Module, Parameter
 from tinyconv.tensor import Tensor
 
@@ -711,26 +711,9 @@ def save_compressed(path, model, config=None, index_bits=None):
     total = _HEADER.size + len(body) + 4
     content = _HEADER.pack(MAGIC, VERSION, 0, total) + body
     content += struct.pack("<I", zlib.crc32(content))
-    _atomic_write(path, content)
+    atomic_write(path, lambda f: f.write(content))
     return {"total": total, "overhead": total - sum(len(r) for r in records.values()),
             "records": {name: len(r) for name, r in records.items()}}
-
-
-def _atomic_write(path, content):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class _Reader:

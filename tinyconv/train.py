@@ -17,6 +17,7 @@ thread count).
 """
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import numpy as np
 import tinyconv
 import tinyconv.functional as F
 from tinyconv import data, models, optim, random
+from tinyconv.checkpoint import atomic_write
 from tinyconv.tensor import Tensor, no_grad
 
 CHECKPOINT = "checkpoint.npz"
@@ -319,14 +321,12 @@ def load_run(directory):
 
 
 def _write_metrics(directory, history):
-    path = os.path.join(directory, "metrics.csv")
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow({k: row.get(k) for k in METRICS_FIELDS})
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=METRICS_FIELDS)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: row.get(k) for k in METRICS_FIELDS})
+    atomic_write(os.path.join(directory, "metrics.csv"), lambda f: f.write(text.getvalue().encode()))
 
 
 def _plot_curves(directory, history, log):
