@@ -12,7 +12,6 @@ PyTorch's warm-up) is reported separately. PyTorch is optional: without it
 only tinyconv's column is printed.
 """
 import argparse
-import platform
 import statistics
 import time
 
@@ -20,18 +19,8 @@ import numpy as np
 
 import tinyconv
 import tinyconv.functional as F
+from benchmarks.harness import cpu_model
 from tinyconv import models, optim
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def tinyconv_step(name, in_channels, batch):
@@ -122,7 +111,7 @@ def main(argv=None):
             torch.set_num_threads(threads)
         except ImportError:
             print("PyTorch is not installed: the torch column is skipped (pip install torch==2.13.0)")
-    print(f"{_cpu_model()}, {threads} threads, batch {args.batch}, float32, {args.repeat} repeats "
+    print(f"{cpu_model()}, {threads} threads, batch {args.batch}, float32, {args.repeat} repeats "
           f"({time.strftime('%Y-%m-%d')})")
     header = f"{'model':<12} {'first step':>11} {'tinyconv ms (median, min-max)':>32}"
     header += f" {'torch ms (median, min-max)':>30} {'ratio':>6}" if torch else ""
