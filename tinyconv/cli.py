@@ -87,7 +87,7 @@ def _add_train(sub):
     from tinyconv.train import TrainConfig
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="train a model (default: the 2-conv BN net on Fashion-MNIST)",
+    p = sub.add_parser("train", help="train a model (default: fashion_vgg, a 4-conv BN net, on Fashion-MNIST)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=d.model, help="a name from `tinyconv summary --list`")
     p.add_argument("--data", default=d.data, choices=["fashion-mnist", "mnist", "cifar10"])

@@ -39,7 +39,7 @@ METRICS_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 
 @dataclasses.dataclass
 class TrainConfig:
-    model: str = "fashion_cnn"
+    model: str = "fashion_vgg"
     data: str = "fashion-mnist"
     data_dir: str = None
     epochs: int = 10
