@@ -135,13 +135,19 @@ def _max_pool(x, taps_h, taps_w, dil_h, dil_w):
     return y.reshape(N, C, out_h, out_w), indices.reshape(N, C, out_h, out_w)
 
 
+def max_pool_taps(input_shape, kernel_size, stride, padding, dilation, ceil_mode):
+    """(taps_h, taps_w): the window tables of a max pool along each axis (shared with kernels/cuda)."""
+    taps = []
+    for a in range(2):
+        size = input_shape[2 + a]
+        out = pool_output_size(size, kernel_size[a], stride[a], padding[a], dilation[a], ceil_mode)
+        taps.append(window_taps(size, out, kernel_size[a], stride[a], padding[a], dilation[a]))
+    return taps
+
+
 def max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
     """(y, indices): max over each window; indices are flat h·W + w per plane, int64."""
-    N, C, H, W = x.shape
-    out_h = pool_output_size(H, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
-    out_w = pool_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
-    taps_h = window_taps(H, out_h, kernel_size[0], stride[0], padding[0], dilation[0])
-    taps_w = window_taps(W, out_w, kernel_size[1], stride[1], padding[1], dilation[1])
+    taps_h, taps_w = max_pool_taps(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     return _max_pool(x, taps_h, taps_w, dilation[0], dilation[1])
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from numba import cuda
 
 from kernels.cuda.device import THREADS, blocks, empty, to_device
-from kernels.pool import _adaptive_bins, _adaptive_tables, _box_tables, pool_output_size, window_taps
+from kernels.pool import _adaptive_bins, _adaptive_tables, _box_tables, max_pool_taps
 
 
 def _tables(*arrays):
@@ -57,11 +57,7 @@ def _max_pool(x, taps_h, taps_w, dil_h, dil_w):
 
 def max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
     """(y, indices) on the device; indices are flat h·W + w per plane, int64."""
-    N, C, H, W = x.shape
-    out_h = pool_output_size(H, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode)
-    out_w = pool_output_size(W, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)
-    taps_h = window_taps(H, out_h, kernel_size[0], stride[0], padding[0], dilation[0])
-    taps_w = window_taps(W, out_w, kernel_size[1], stride[1], padding[1], dilation[1])
+    taps_h, taps_w = max_pool_taps(x.shape, kernel_size, stride, padding, dilation, ceil_mode)
     return _max_pool(x, taps_h, taps_w, dilation[0], dilation[1])
 
 
