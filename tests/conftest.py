@@ -36,3 +36,18 @@ def quadrant_data(tmp_path_factory):
         write_idx(directory / f"{split}-images-idx3-ubyte", images, 2051)
         write_idx(directory / f"{split}-labels-idx1-ubyte", labels, 2049)
     return str(directory)
+
+
+def record_thread_counts(monkeypatch, module, name):
+    """Wrap the jitted kernel `module.name` so each call records Numba's thread count; returns the list."""
+    import numba
+
+    seen = []
+    kernel = getattr(module, name)
+
+    def spy(*args):
+        seen.append(numba.get_num_threads())
+        return kernel(*args)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import record_thread_counts
+
 import tinyconv
 import tinyconv.functional as F
 from kernels import conv2d as dense_conv, batchnorm, reference
@@ -178,14 +180,7 @@ def test_bad_arguments(kwargs, error, match):
 
 def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
     """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
-    seen = []
-    kernel = batchnorm._forward
-
-    def spy(*args):
-        seen.append(numba.get_num_threads())
-        kernel(*args)
-
-    monkeypatch.setattr(batchnorm, "_forward", spy)
+    seen = record_thread_counts(monkeypatch, batchnorm, "_forward")
     x = np.random.default_rng(7).standard_normal((2, 3, 6, 6))
     previous = numba.get_num_threads()
     small = batchnorm.batch_norm_forward(x, None, None, 1e-5)[0]

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
+from conftest import record_thread_counts
+
 import tinyconv
 import tinyconv.functional as F
 from kernels import conv2d as dense_conv, im2col as im2col_kernels, reference
@@ -135,13 +137,7 @@ def test_grad_weight_accumulators_capped_by_memory(monkeypatch):
 
 def test_small_convolutions_run_on_one_thread_and_restore_the_count(monkeypatch):
     """Below _SERIAL_MULTIPLY_ADDS the kernels run with one Numba thread; the caller's count comes back after."""
-    seen = []
-    kernel = dense_conv._forward_kernel
-    def spy(*args):
-        seen.append(numba.get_num_threads())
-        kernel(*args)
-
-    monkeypatch.setattr(dense_conv, "_forward_kernel", spy)
+    seen = record_thread_counts(monkeypatch, dense_conv, "_forward_kernel")
     x, w, b, _ = operands(CONFIG_FOR_SPLITS, np.float64, 3)
     previous = numba.get_num_threads()
     dense_conv.conv2d_forward(x, w, b, *CONFIG_FOR_SPLITS[2:])

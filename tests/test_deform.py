@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, assume, strategies as st
 
+from conftest import record_thread_counts
+
 import tinyconv
 import tinyconv.functional as F
 from kernels import conv2d as dense_conv, deform, reference
@@ -321,14 +323,7 @@ def test_bad_input_is_rejected(changes, error, words):
 
 def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
     """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
-    seen = []
-    kernel = deform._forward_kernel
-
-    def spy(*args):
-        seen.append(numba.get_num_threads())
-        kernel(*args)
-
-    monkeypatch.setattr(deform, "_forward_kernel", spy)
+    seen = record_thread_counts(monkeypatch, deform, "_forward_kernel")
     rng = np.random.default_rng(7)
     x, offset, w, b, mask = operands(SPLIT_CFG, rng)
     previous = numba.get_num_threads()

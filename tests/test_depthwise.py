@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, assume, strategies as st
 
+from conftest import record_thread_counts
+
 import tinyconv
 import tinyconv.functional as F
 from kernels import conv2d as dense_conv, depthwise, reference
@@ -170,14 +172,7 @@ def test_bad_depthwise_weight_is_rejected_before_the_kernel():
 
 def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
     """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
-    seen = []
-    kernel = depthwise._forward_planes
-
-    def spy(*args):
-        seen.append(numba.get_num_threads())
-        kernel(*args)
-
-    monkeypatch.setattr(depthwise, "_forward_planes", spy)
+    seen = record_thread_counts(monkeypatch, depthwise, "_forward_planes")
     x = np.random.default_rng(7).standard_normal((2, 3, 6, 6))
     w = np.random.default_rng(8).standard_normal((6, 1, 3, 3))
     previous = numba.get_num_threads()

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, assume, strategies as st
 
+from conftest import record_thread_counts
+
 import tinyconv
 import tinyconv.functional as F
 from kernels import conv2d as dense_conv, pool, reference
@@ -214,14 +216,7 @@ def test_bad_types_raise_type_error(call, match):
 
 def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
     """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
-    seen = []
-    kernel = pool._max_forward
-
-    def spy(*args):
-        seen.append(numba.get_num_threads())
-        kernel(*args)
-
-    monkeypatch.setattr(pool, "_max_forward", spy)
+    seen = record_thread_counts(monkeypatch, pool, "_max_forward")
     x = np.random.default_rng(7).standard_normal((2, 3, 6, 6))
     previous = numba.get_num_threads()
     small = pool.max_pool2d_forward(x, (2, 2), (2, 2), (0, 0), (1, 1), False)[0]

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import record_thread_counts
+
 import tinyconv
 import tinyconv.functional as F
 from kernels import conv2d as dense_conv, reference, shuffle
@@ -65,14 +67,7 @@ def test_bad_arguments(shape, groups, match):
 
 def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
     """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
-    seen = []
-    kernel = shuffle._shuffle
-
-    def spy(*args):
-        seen.append(numba.get_num_threads())
-        kernel(*args)
-
-    monkeypatch.setattr(shuffle, "_shuffle", spy)
+    seen = record_thread_counts(monkeypatch, shuffle, "_shuffle")
     x = np.random.default_rng(7).standard_normal((2, 6, 4, 4))
     previous = numba.get_num_threads()
     small = shuffle.channel_shuffle_forward(x, 3)
