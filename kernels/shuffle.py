@@ -45,10 +45,10 @@ def _shuffle(x, groups, y):
 def channel_shuffle_forward(x, groups):
     """y[n, j·g + i] = x[n, i·m + j] with m = C / g."""
     x3 = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)  # (N, C, L)
-    y = np.empty(x3.shape, dtype=x.dtype)
+    y = np.empty(x.shape, dtype=x.dtype)  # returned as allocated (not a view): the tape may keep it as a .grad
     with _serial_if_small(x3.size):
-        _shuffle(x3, int(groups), y)
-    return y.reshape(x.shape)
+        _shuffle(x3, int(groups), y.reshape(x3.shape))
+    return y
 
 
 def channel_shuffle_backward(grad_output, groups):

@@ -209,6 +209,39 @@ def test_only_leaves_keep_grad_unless_retained():
     np.testing.assert_array_equal(k.grad, np.ones(2))
 
 
+def test_stored_grads_never_alias_each_other_or_the_seed():
+    # x + y hands one array to both leaves; reshape hands on a view; the seed is the caller's: a .grad
+    # changed in place (clip_grad_norm_) must not change another .grad or the caller's array
+    a, b = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3), requires_grad=True)
+    seed = np.arange(3.0)
+    (a + b).backward(seed)
+    a.grad *= 10
+    np.testing.assert_array_equal(b.grad, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(seed, [0.0, 1.0, 2.0])
+    leaf = Tensor(np.ones(3), requires_grad=True)
+    leaf.backward(seed)
+    leaf.grad += 1
+    np.testing.assert_array_equal(seed, [0.0, 1.0, 2.0])
+    r = Tensor(np.ones(6), requires_grad=True)
+    upstream = np.ones((2, 3))
+    r.reshape(2, 3).backward(upstream)
+    assert not np.shares_memory(r.grad, upstream)
+
+
+def test_a_fresh_gradient_is_kept_without_a_copy():
+    # the one array a backward made for one leaf alone is stored as it is (saves a copy per leaf)
+    made = []
+
+    def backward(g):
+        made.append(g * 2.0)
+        return (made[-1],)
+
+    x = Tensor(np.ones(4), requires_grad=True)
+    y = Tensor._make(x.data * 2.0, (x,), backward, "double")
+    y.backward(np.ones(4))
+    assert x.grad is made[0]
+
+
 def test_backward_errors():
     x = leaf((2, 2))
     with pytest.raises(ValueError, match="single-element"):

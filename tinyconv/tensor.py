@@ -66,6 +66,18 @@ def _as_float_array(data, dtype=None, name="data"):
     return arr.astype(dtype, copy=False)
 
 
+def _own(g, handed_out):
+    """g itself if this backward pass made it for one node alone, else a copy.
+
+    A stored .grad may later be changed in place (clip_grad_norm_, +=), so it
+    must not alias an array anyone else holds: the caller's seed, an upstream
+    gradient passed through unchanged (x + y hands the same array to both),
+    or a view of one (reshape). A fresh array handed out once is safe to keep,
+    which saves a copy of every leaf's gradient (e.g. 16 MB for an input).
+    """
+    return g if g.base is None and handed_out.get(id(g), 0) == 1 else g.copy()
+
+
 def unbroadcast(grad, shape):
     """Sum `grad` down to `shape`: the adjoint of NumPy broadcasting."""
     if grad.shape == tuple(shape):
@@ -197,12 +209,13 @@ class Tensor:
             grad = grad.astype(self.dtype, copy=False)
 
         grads = {id(self): grad}
+        handed_out = {id(grad): 2}  # times each array was passed along; the caller's seed is never ours
         for node in reversed(self._topological_order()):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
             if node._backward is None or node._retain:
-                node.grad = g.copy() if node.grad is None else node.grad + g
+                node.grad = _own(g, handed_out) if node.grad is None else node.grad + g
             if node._backward is None:
                 continue
             for parent, pg in zip(node._parents, node._backward(g)):
@@ -210,7 +223,10 @@ class Tensor:
                     continue
                 pg = unbroadcast(np.asarray(pg), parent.shape).astype(parent.dtype, copy=False)
                 key = id(parent)
-                grads[key] = pg if key not in grads else grads[key] + pg
+                if key in grads:
+                    pg = grads[key] + pg  # a new array
+                handed_out[id(pg)] = handed_out.get(id(pg), 0) + 1
+                grads[key] = pg
 
     def _topological_order(self):
         """Nodes reachable from self, each after all of its parents (iterative DFS)."""
