@@ -3,6 +3,7 @@
     tinyconv bench                          every suite, all cores, float32
     tinyconv bench kernels torch --threads 1 --repeat 10 --json out.json --plot out.png
     tinyconv bench --smoke                  tiny shapes, one repeat (what the tests run)
+    tinyconv bench kernels --device cuda    the kernels suite on the GPU (needs one; see run_on_device)
     python -m benchmarks kernels            the same without the tinyconv entry point
     python -m benchmarks.kernels_suite      one suite (modules: kernels_suite, vs_torch, conv_algos, ...)
 
@@ -15,6 +16,7 @@ import json
 import sys
 
 from benchmarks.harness import header_lines, machine_info, make_context
+from tinyconv.cuda import CudaUnavailableError
 
 SUITES = {
     "kernels": "benchmarks.kernels_suite",
@@ -42,6 +44,8 @@ def add_arguments(parser, suites=True):
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the suites run")
     parser.add_argument("--no-torch", dest="use_torch", action="store_false",
                         help="do not import PyTorch even when it is installed")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: time the kernels suite on the GPU (numba.cuda) instead of the CPU")
 
 
 def add_cli(subparsers):
@@ -148,14 +152,85 @@ def save_plot(results, path, print_fn=print):
     return True
 
 
+def run_on_device(suites, dtype="float32", repeat=5, smoke=False, json_path=None, print_fn=print):
+    """`bench --device cuda`: the kernels suite's cases with every tensor on the GPU. Returns (status, records).
+
+    Each case runs forward (no_grad) and forward+backward (a fixed random
+    grad_output, on the device), with numba.cuda.synchronize() closing every
+    call so the time covers the kernels, not just their launch. Times are
+    the warm-up (the first call: CUDA JIT compilation) and the median of
+    `repeat` calls. A case the device path lacks is reported 'unavailable'.
+    """
+    import numba
+    import numpy as np
+
+    import tinyconv
+    from benchmarks.cases import kernel_cases
+    from benchmarks.harness import Context, time_call
+
+    tinyconv.cuda.check_device("cuda")
+    if list(suites) != ["kernels"]:
+        raise ValueError(f"--device cuda runs the kernels suite only, got {', '.join(suites)}")
+    from numba import cuda
+
+    ctx = Context(dtype=np.dtype(dtype), repeat=1 if smoke else repeat, smoke=smoke, print_fn=print_fn)
+    name = "Numba's CUDA simulator" if numba.config.ENABLE_CUDASIM else cuda.get_current_device().name
+    name = name.decode() if isinstance(name, bytes) else name
+    print_fn(f"kernels on the 'cuda' device ({name}), {ctx.dtype}, median of "
+             f"{ctx.repeat}; forward (no_grad) and forward+backward")
+    print_fn(f"{'case':<34} {'mode':<8} {'warm-up ms':>11} {'median ms':>10} {'GFLOP/s':>8}  note")
+    records, status = [], 0
+    for case in kernel_cases(ctx):
+        tensors = {k: tinyconv.Tensor(a).to("cuda").requires_grad_(k in case.grad)
+                   for k, a in case.arrays(ctx.dtype).items()}
+        seed = {}
+
+        def forward():
+            with tinyconv.no_grad():
+                case.call(tinyconv.functional, **tensors)
+            cuda.synchronize()
+
+        def forward_backward():
+            y = case.call(tinyconv.functional, **tensors)
+            if "g" not in seed:
+                seed["g"] = tinyconv.Tensor(np.random.default_rng(1).standard_normal(y.shape).astype(y.dtype)).cuda()
+            y.backward(seed["g"])
+            cuda.synchronize()
+
+        for mode, fn in (("fwd", forward), ("fwd+bwd", forward_backward)):
+            rec = {"case": case.name, "mode": mode, "device": "cuda", "status": "ok", "note": ""}
+            try:
+                timing = time_call(fn, ctx.repeat)
+                rec.update(warmup_s=timing.warmup, median_s=timing.median)
+                macs = case.mode_macs(mode)
+                rec["gflops"] = 2 * macs / timing.median / 1e9 if macs else None
+            except NotImplementedError as exc:
+                rec.update(status="unavailable", note=str(exc))
+            except Exception as exc:  # report, do not stop the run
+                rec.update(status="error", note=f"{type(exc).__name__}: {exc}")
+                status = 1
+            records.append(rec)
+            ms = lambda key: f"{rec[key] * 1e3:.3f}" if key in rec else "-"  # noqa: E731
+            gflops = f"{rec['gflops']:.1f}" if rec.get("gflops") else "-"
+            print_fn(f"{case.name:<34} {mode:<8} {ms('warmup_s'):>11} {ms('median_s'):>10} {gflops:>8}  "
+                     f"{rec['status'] if rec['status'] != 'ok' else ''} {rec['note'][:60]}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"device": "cuda", "records": records}, f, indent=1, default=_jsonable)
+        print_fn(f"\nJSON written to {json_path}")
+    return status, records
+
+
 def run_from_args(args):
     """The `bench` subcommand: argparse namespace -> exit status."""
     try:
         names = resolve_suites(getattr(args, "suites", None))
+        if getattr(args, "device", "cpu") == "cuda":
+            return run_on_device(names, args.dtype, args.repeat, args.smoke, args.json_path)[0]
         status, _ = run(names, args.threads, args.dtype, args.repeat, args.smoke, args.json_path, args.plot_path,
                         args.use_torch)
-    except ValueError as exc:
-        print(f"tinyconv bench: {exc}", file=sys.stderr)
+    except (ValueError, CudaUnavailableError) as exc:
+        print(f"tinyconv bench: error: {exc}", file=sys.stderr)
         return 2
     return status
 

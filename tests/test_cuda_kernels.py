@@ -50,16 +50,20 @@ if not CHILD:
         """Importing kernels.cuda needs no GPU and no simulator (the kernels compile on first call)."""
         env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
         code = ("import kernels.cuda.conv2d, kernels.cuda.conv_transpose, kernels.cuda.depthwise, "
-                "kernels.cuda.pool, kernels.cuda.batchnorm, kernels.cuda.shuffle, kernels.cuda.gemm")
+                "kernels.cuda.pool, kernels.cuda.batchnorm, kernels.cuda.shuffle, kernels.cuda.gemm, "
+                "kernels.cuda.deform")
         proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0, proc.stderr
 
 else:
-    from kernels import batchnorm, conv2d, conv_transpose, depthwise, im2col, pool, shuffle
+    sys.setswitchinterval(1e-4)  # the simulator polls its threads: frequent GIL hand-overs make it ~2x faster
+
+    from kernels import batchnorm, conv2d, conv_transpose, deform, depthwise, im2col, pool, shuffle
     from kernels.cuda import batchnorm as cuda_batchnorm
     from kernels.cuda import conv2d as cuda_conv2d
     from kernels.cuda import conv_transpose as cuda_conv_transpose
+    from kernels.cuda import deform as cuda_deform
     from kernels.cuda import depthwise as cuda_depthwise
     from kernels.cuda import device as cuda_device
     from kernels.cuda import gemm as cuda_gemm
@@ -224,3 +228,27 @@ else:
         x = np.random.default_rng(12).standard_normal((2, 6, 3, 2))
         assert_twins(cuda_shuffle.channel_shuffle_forward(x, 3), shuffle.channel_shuffle_forward(x, 3))
         assert_twins(cuda_shuffle.channel_shuffle_backward(x, 3), shuffle.channel_shuffle_backward(x, 3))
+
+    # -- deformable convolution ------------------------------------------------------------
+    @pytest.mark.parametrize("seed, groups, offset_groups, modulated", [(13, 1, 1, False), (14, 2, 2, True)])
+    def test_deform_conv2d(seed, groups, offset_groups, modulated):
+        """v1 and v2, weight groups and offset groups; offsets reach past the borders (zero there)."""
+        n, _, _, h, w, k, stride, padding, dilation, _ = draw_conv(seed, groups_choices=(1,))
+        rng = np.random.default_rng(seed)
+        c_in, c_out = 2 * groups, 2 * groups
+        out = tuple(im2col.conv_output_size(size, kk, s, p, d)
+                    for size, kk, s, p, d in zip((h, w), k, stride, padding, dilation))
+        taps = offset_groups * k[0] * k[1]
+        x, weight = rng.standard_normal((n, c_in, h, w)), rng.standard_normal((c_out, c_in // groups, *k))
+        offset = rng.uniform(-2.5, 2.5, (n, 2 * taps, *out))
+        mask = rng.uniform(0.2, 1.0, (n, taps, *out)) if modulated else None
+        bias = rng.standard_normal(c_out)
+        args = (stride, padding, dilation, mask)
+        y = deform.deform_conv2d_forward(x, offset, weight, bias, *args)
+        assert_twins(cuda_deform.deform_conv2d_forward(x, offset, weight, bias, *args), y)
+        g = rng.standard_normal(y.shape)
+        assert_twins(cuda_deform.deform_conv2d_backward(g, x, offset, weight, *args),
+                     deform.deform_conv2d_backward(g, x, offset, weight, *args))
+        needs = (False, True, False, False, modulated)
+        assert_twins(cuda_deform.deform_conv2d_backward(g, x, offset, weight, *args, needs=needs),
+                     deform.deform_conv2d_backward(g, x, offset, weight, *args, needs=needs))

@@ -46,6 +46,9 @@ def _train(args):
     progress = None if args.no_progress else _tqdm_progress
     try:
         history = train.train(config, directory, resume=bool(args.resume), progress=progress)
+    except tinyconv.cuda.CudaUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except train.StopRequested:
         return 130
     except train.TrainingDiverged as error:
@@ -111,6 +114,8 @@ def _add_train(sub):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=None, help="kernel threads (default: all cores)")
     p.add_argument("--dtype", default=d.dtype, choices=["float32", "float64"])
+    p.add_argument("--device", default=d.device, choices=["cpu", "cuda"],
+                   help="where to train: cuda needs a CUDA GPU (numba.cuda); see README, GPU")
     p.add_argument("--limit-train", type=int, default=None, help="train on the first N images only")
     p.add_argument("--limit-test", type=int, default=None, help="test on the first N images only")
     p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA-seedSEED)")

@@ -18,7 +18,7 @@ import numpy as np
 from kernels import batchnorm, pool, shuffle
 from kernels import conv2d as dense_conv, conv_transpose, deform, depthwise
 from kernels.im2col import conv_output_size
-from tinyconv import random
+from tinyconv import cuda, random
 from tinyconv.tensor import Tensor
 
 
@@ -52,6 +52,26 @@ def _pair(value, name, minimum=None):
 def _same_dtype(name, x, other):
     if other.dtype != x.dtype:
         raise TypeError(f"{name} has dtype {other.dtype} but input has dtype {x.dtype}; convert one of them")
+
+
+def _device(op, **tensors):
+    """The one device ('cpu' or 'cuda') that all the named tensors (None skipped) are on, else ValueError."""
+    devices = [(name, t.device) for name, t in tensors.items() if t is not None]
+    for name, device in devices[1:]:
+        if device != devices[0][1]:
+            raise ValueError(f"{op}: {devices[0][0]} is on device '{devices[0][1]}' but {name} is on '{device}'; "
+                             f"move them to one device with .to()")
+    return devices[0][1]
+
+
+def _on(device, kernels_module):
+    """kernels/<op>.py on the CPU; on 'cuda' its kernels/cuda/<op>.py twin (same names and arguments)."""
+    return kernels_module if device == "cpu" else cuda.twin(kernels_module)
+
+
+def _contiguous(data):
+    """A C-contiguous NumPy array (device arrays always are)."""
+    return np.ascontiguousarray(data) if isinstance(data, np.ndarray) else data
 
 
 def _parents_and_grads(tensors, grads):
@@ -150,6 +170,7 @@ def dropout(input, p=0.5, training=True, generator=None):
         return x
     rng = generator if generator is not None else random.get_generator()
     keep = (rng.random(x.shape) >= p).astype(x.dtype) / (1 - p) if p < 1 else np.zeros(x.shape, x.dtype)
+    keep = cuda.to_device(keep, x.device)  # drawn on the host: the same mask on either device
     return Tensor._make(x.data * keep, (x,), lambda g: (g * keep,), "dropout")
 
 
@@ -200,6 +221,8 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0):
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     n, num_classes = x.shape
     t = _class_targets(target, n, num_classes)
+    if x.device != "cpu":
+        return _cross_entropy_device(x, t, reduction, label_smoothing)
     shifted = x.data - x.data.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     q = np.full(x.shape, label_smoothing / num_classes, dtype=x.dtype)
@@ -212,6 +235,20 @@ def cross_entropy(input, target, reduction="mean", label_smoothing=0.0):
         return ((np.exp(log_probs) - q) * g,)
 
     out = per_sample if reduction == "none" else np.asarray(per_sample.sum() * scale, dtype=x.dtype)
+    return Tensor._make(out, (x,), backward, "cross_entropy")
+
+
+def _cross_entropy_device(x, t, reduction, label_smoothing):
+    """cross_entropy on 'cuda': the same maths, fused in kernels/cuda/loss.py (labels are copied to the device)."""
+    kernels = cuda.device_kernels("loss")
+    t = cuda.to_device(t, "cuda")
+    per_sample, log_probs = kernels.cross_entropy_forward(x.data, t, label_smoothing)
+    scale = 1.0 / max(x.shape[0], 1) if reduction == "mean" else 1.0
+
+    def backward(g):
+        return (kernels.cross_entropy_backward(g, log_probs, t, label_smoothing, scale),)
+
+    out = per_sample if reduction == "none" else per_sample.sum() * scale
     return Tensor._make(out, (x,), backward, "cross_entropy")
 
 
@@ -343,18 +380,19 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     out = tuple(conv_output_size(x.shape[2 + a], kernel_size[a], stride[a], pad[a], dilation[a]) for a in range(2))
     _check_output_size("conv2d", x, out, kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation)
 
-    x_data, w_data = np.ascontiguousarray(x.data), np.ascontiguousarray(weight.data)
+    device = _device("conv2d", input=x, weight=weight, bias=bias)
+    x_data, w_data = _contiguous(x.data), _contiguous(weight.data)
     b_data = None if bias is None else bias.data
     if groups == c_in > 1 and c_out % c_in == 0:
-        y = depthwise.depthwise_conv2d_forward(x_data, w_data, b_data, stride, pad, dilation)
+        y = _on(device, depthwise).depthwise_conv2d_forward(x_data, w_data, b_data, stride, pad, dilation)
 
         def kernel_backward(g, needs):
-            return depthwise.depthwise_conv2d_backward(g, x_data, w_data, stride, pad, dilation, needs)
+            return _on(device, depthwise).depthwise_conv2d_backward(g, x_data, w_data, stride, pad, dilation, needs)
     else:
-        y = dense_conv.conv2d_forward(x_data, w_data, b_data, stride, pad, dilation, groups)
+        y = _on(device, dense_conv).conv2d_forward(x_data, w_data, b_data, stride, pad, dilation, groups)
 
         def kernel_backward(g, needs):
-            return dense_conv.conv2d_backward(g, x_data, w_data, stride, pad, dilation, groups, needs)
+            return _on(device, dense_conv).conv2d_backward(g, x_data, w_data, stride, pad, dilation, groups, needs)
 
     return _conv_result(y, (x, weight, bias), kernel_backward, "conv2d")
 
@@ -380,13 +418,14 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     _check_output_size("conv_transpose2d", x, out, kernel_size=kernel_size, stride=stride, padding=padding,
                        output_padding=output_padding, dilation=dilation)
 
-    x_data, w_data = np.ascontiguousarray(x.data), np.ascontiguousarray(weight.data)
-    y = conv_transpose.conv_transpose2d_forward(x_data, w_data, None if bias is None else bias.data, stride, pad,
-                                                out_pad, groups, dilation)
+    device = _device("conv_transpose2d", input=x, weight=weight, bias=bias)
+    x_data, w_data = _contiguous(x.data), _contiguous(weight.data)
+    kernels = _on(device, conv_transpose)
+    y = kernels.conv_transpose2d_forward(x_data, w_data, None if bias is None else bias.data, stride, pad,
+                                         out_pad, groups, dilation)
 
     def kernel_backward(g, needs):
-        return conv_transpose.conv_transpose2d_backward(g, x_data, w_data, stride, pad, out_pad, groups, dilation,
-                                                        needs)
+        return kernels.conv_transpose2d_backward(g, x_data, w_data, stride, pad, out_pad, groups, dilation, needs)
 
     return _conv_result(y, (x, weight, bias), kernel_backward, "conv_transpose2d")
 
@@ -440,13 +479,15 @@ def deform_conv2d(input, offset, weight, bias=None, stride=1, padding=0, dilatio
     _check_bias_size("deform_conv2d", bias, c_out)
 
     operands = (x, offset, weight, bias, mask)
-    x_data, off_data, w_data = (np.ascontiguousarray(t.data) for t in (x, offset, weight))
-    m_data = None if mask is None else np.ascontiguousarray(mask.data)
-    y = deform.deform_conv2d_forward(x_data, off_data, w_data, None if bias is None else bias.data,
-                                     stride, pad, dilation, m_data)
+    device = _device("deform_conv2d", input=x, offset=offset, weight=weight, bias=bias, mask=mask)
+    x_data, off_data, w_data = (_contiguous(t.data) for t in (x, offset, weight))
+    m_data = None if mask is None else _contiguous(mask.data)
+    kernels = _on(device, deform)
+    y = kernels.deform_conv2d_forward(x_data, off_data, w_data, None if bias is None else bias.data,
+                                      stride, pad, dilation, m_data)
 
     def kernel_backward(g, needs):
-        return deform.deform_conv2d_backward(g, x_data, off_data, w_data, stride, pad, dilation, m_data, needs)
+        return kernels.deform_conv2d_backward(g, x_data, off_data, w_data, stride, pad, dilation, m_data, needs)
 
     return _conv_result(y, operands, kernel_backward, "deform_conv2d")
 
@@ -485,9 +526,10 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         if (pool.window_taps(size, out[a], k[a], s[a], p[a], d[a])[1] == 0).any():
             raise ValueError(f"max_pool2d: with kernel_size={kernel_size!r}, dilation={dilation!r} and "
                              f"padding={padding!r} some window reads only padding (input {x.shape[2:]})")
-    y, indices = pool.max_pool2d_forward(x.data, k, s, p, d, bool(ceil_mode))
+    kernels = _on(x.device, pool)
+    y, indices = kernels.max_pool2d_forward(x.data, k, s, p, d, bool(ceil_mode))
     shape = x.shape
-    result = Tensor._make(y, (x,), lambda g: (pool.max_pool2d_backward(g, indices, shape),), "max_pool2d")
+    result = Tensor._make(y, (x,), lambda g: (kernels.max_pool2d_backward(g, indices, shape),), "max_pool2d")
     return (result, indices) if return_indices else result
 
 
@@ -496,11 +538,12 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     x = _check_tensor(input, "input", ndim=4)
     k, s, p, _, _ = _pool_geometry(x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
     ceil_mode, count_include_pad = bool(ceil_mode), bool(count_include_pad)
-    y = pool.avg_pool2d_forward(x.data, k, s, p, ceil_mode, count_include_pad)
+    kernels = _on(x.device, pool)
+    y = kernels.avg_pool2d_forward(x.data, k, s, p, ceil_mode, count_include_pad)
     shape = x.shape
 
     def backward(g):
-        return (pool.avg_pool2d_backward(g, shape, k, s, p, ceil_mode, count_include_pad),)
+        return (kernels.avg_pool2d_backward(g, shape, k, s, p, ceil_mode, count_include_pad),)
 
     return Tensor._make(y, (x,), backward, "avg_pool2d")
 
@@ -517,8 +560,9 @@ def adaptive_avg_pool2d(input, output_size):
     x = _check_tensor(input, "input", ndim=4)
     size = _adaptive_size(x, output_size)
     shape = x.shape
-    y = pool.adaptive_avg_pool2d_forward(x.data, size)
-    return Tensor._make(y, (x,), lambda g: (pool.adaptive_avg_pool2d_backward(g, shape),), "adaptive_avg_pool2d")
+    kernels = _on(x.device, pool)
+    y = kernels.adaptive_avg_pool2d_forward(x.data, size)
+    return Tensor._make(y, (x,), lambda g: (kernels.adaptive_avg_pool2d_backward(g, shape),), "adaptive_avg_pool2d")
 
 
 def adaptive_max_pool2d(input, output_size, return_indices=False):
@@ -526,8 +570,9 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     x = _check_tensor(input, "input", ndim=4)
     size = _adaptive_size(x, output_size)
     shape = x.shape
-    y, indices = pool.adaptive_max_pool2d_forward(x.data, size)
-    result = Tensor._make(y, (x,), lambda g: (pool.max_pool2d_backward(g, indices, shape),), "adaptive_max_pool2d")
+    kernels = _on(x.device, pool)
+    y, indices = kernels.adaptive_max_pool2d_forward(x.data, size)
+    result = Tensor._make(y, (x,), lambda g: (kernels.max_pool2d_backward(g, indices, shape),), "adaptive_max_pool2d")
     return (result, indices) if return_indices else result
 
 
@@ -536,7 +581,7 @@ def _running_stat(stat, name, channels):
     if stat is None:
         return None
     array = stat.data if isinstance(stat, Tensor) else stat
-    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+    if not isinstance(array, (np.ndarray, cuda.DeviceArray)) or array.dtype.kind != "f":
         raise TypeError(f"{name} must be a float NumPy array or Tensor, got {type(stat).__name__}")
     if array.shape != (channels,):
         raise ValueError(f"{name} must have shape ({channels},), one value per input channel, got {array.shape}")
@@ -573,12 +618,17 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         raise ValueError(f"eps must be a number >= 0, got {eps!r}")
     if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
         raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+    device = _device("batch_norm", input=x, weight=weight, bias=bias)
+    for name, stat in (("running_mean", mean_stat), ("running_var", var_stat)):
+        if stat is not None and cuda.device_of(stat) != device:
+            raise ValueError(f"batch_norm: input is on device '{device}' but {name} is on '{cuda.device_of(stat)}'")
+    kernels = _on(device, batchnorm)
     w, b = (None if weight is None else weight.data), (None if bias is None else bias.data)
     if training:
         M = x.size // C
         if M <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
-        y, mean, inv_std = batchnorm.batch_norm_forward(x.data, w, b, eps)
+        y, mean, inv_std = kernels.batch_norm_forward(x.data, w, b, eps)
         if mean_stat is not None:
             mean_stat *= 1 - momentum
             mean_stat += momentum * mean
@@ -588,15 +638,15 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             var_stat += momentum * var * M / (M - 1)
 
         def grads(g, needs):
-            return batchnorm.batch_norm_backward(g, x.data, w, mean, inv_std, needs=needs)
+            return kernels.batch_norm_backward(g, x.data, w, mean, inv_std, needs=needs)
     else:
         if mean_stat is None or var_stat is None:
             raise ValueError("running_mean and running_var must be given when training=False")
         mean, var = mean_stat.copy(), var_stat.copy()  # the values used now, whatever later steps do
-        y = batchnorm.batch_norm_inference(x.data, mean, var, w, b, eps)
+        y = kernels.batch_norm_inference(x.data, mean, var, w, b, eps)
 
         def grads(g, needs):
-            return batchnorm.batch_norm_inference_backward(g, x.data, mean, var, w, eps, needs=needs)
+            return kernels.batch_norm_inference_backward(g, x.data, mean, var, w, eps, needs=needs)
 
     tensors = (x, weight, bias)
 
@@ -617,8 +667,9 @@ def channel_shuffle(input, groups):
     if x.shape[1] % groups:
         raise ValueError(f"groups={groups} must divide the number of channels, got {x.shape[1]} channels")
     groups = int(groups)
-    y = shuffle.channel_shuffle_forward(x.data, groups)
-    return Tensor._make(y, (x,), lambda g: (shuffle.channel_shuffle_backward(g, groups),), "channel_shuffle")
+    kernels = _on(x.device, shuffle)
+    y = kernels.channel_shuffle_forward(x.data, groups)
+    return Tensor._make(y, (x,), lambda g: (kernels.channel_shuffle_backward(g, groups),), "channel_shuffle")
 
 
 def _resample_taps(in_size, out_size, scale_factor, mode, align_corners):
@@ -767,6 +818,7 @@ def dropout2d(input, p=0.5, training=True, generator=None):
     rng = generator if generator is not None else random.get_generator()
     mask_shape = x.shape[:2] + (1, 1)
     keep = (rng.random(mask_shape) >= p).astype(x.dtype) / (1 - p) if p < 1 else np.zeros(mask_shape, x.dtype)
+    keep = cuda.to_device(keep, x.device)  # drawn on the host: the same mask on either device
     return Tensor._make(x.data * keep, (x,), lambda g: (g * keep,), "dropout2d")
 
 

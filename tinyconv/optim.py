@@ -38,6 +38,8 @@ import math
 
 import numpy as np
 
+from tinyconv import cuda
+
 
 # ---- argument checks ---------------------------------------------------------
 
@@ -74,7 +76,7 @@ class Optimizer:
         if not params:
             raise ValueError("params is empty: the optimizer has nothing to update")
         for i, p in enumerate(params):
-            if not isinstance(getattr(p, "data", None), np.ndarray) or p.data.dtype.kind != "f":
+            if not isinstance(getattr(p, "data", None), (np.ndarray, cuda.DeviceArray)) or p.data.dtype.kind != "f":
                 raise TypeError(f"params[{i}] must be a Tensor with a float .data array, got {type(p).__name__}")
         if len({id(p) for p in params}) != len(params):
             raise ValueError("params holds the same tensor more than once")
@@ -91,7 +93,7 @@ class Optimizer:
         for i, (p, state) in enumerate(zip(self.params, self.state)):
             if p.grad is None:
                 continue
-            grad = np.asarray(p.grad)
+            grad = p.grad if isinstance(p.grad, cuda.DeviceArray) else np.asarray(p.grad)  # updates stay on p's device
             if grad.shape != p.data.shape:
                 raise ValueError(f"params[{i}].grad has shape {grad.shape}, the parameter has {p.data.shape}")
             state["step"] += 1
@@ -106,7 +108,8 @@ class Optimizer:
         flat.update({name: getattr(self, name) for name in self.HYPER})
         for i, state in enumerate(self.state):
             for key, value in state.items():
-                flat[f"state.{i}.{key}"] = value.copy() if isinstance(value, np.ndarray) else value
+                flat[f"state.{i}.{key}"] = value.copy() if isinstance(value, np.ndarray) else \
+                    value.numpy() if isinstance(value, cuda.DeviceArray) else value  # host copies, for saving
         return flat
 
     def load_state_dict(self, flat):
@@ -133,7 +136,8 @@ class Optimizer:
                 raise ValueError(f"state_dict '{key}' has shape {value.shape}, "
                                  f"params[{i}] has {self.params[i].data.shape}")
             else:
-                state[i][name] = value.astype(self.params[i].data.dtype, copy=True)
+                state[i][name] = cuda.to_device(value.astype(self.params[i].data.dtype, copy=True),
+                                                cuda.device_of(self.params[i].data))
         for s in state:
             s.setdefault("step", 0)
         self.state = state
@@ -239,16 +243,26 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
     params = [params] if hasattr(params, "data") else list(params)
     max_norm = _number(max_norm, "max_norm")
     norm_type = _number(norm_type, "norm_type", low=1.0)
-    grads = [np.asarray(p.grad) for p in params if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    norms = [np.linalg.norm(g.ravel().astype(np.float64), norm_type) for g in grads]   # one per tensor
+    norms = [_norm(g, norm_type) for g in grads]   # one per tensor
     total = float(np.linalg.norm(norms, norm_type))
     scale = min(max_norm / (total + 1e-6), 1.0)
     for p in params:
         if p.grad is not None:
             p.grad = p.grad * scale   # a Python float keeps the grad's dtype
     return total
+
+
+def _norm(grad, norm_type):
+    """‖grad‖_p in float64; on 'cuda' computed there, one number read back."""
+    if not isinstance(grad, cuda.DeviceArray):
+        return np.linalg.norm(np.asarray(grad).ravel().astype(np.float64), norm_type)
+    magnitude = abs(grad.astype(np.float64))
+    if norm_type == math.inf:
+        return magnitude.max().item()
+    return (magnitude ** norm_type).sum().item() ** (1 / norm_type)
 
 
 # ---- learning-rate schedules -------------------------------------------------

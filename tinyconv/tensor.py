@@ -26,6 +26,9 @@ import contextlib
 
 import numpy as np
 
+from tinyconv import cuda
+from tinyconv.cuda import DeviceArray
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 _grad_enabled = True
@@ -57,6 +60,8 @@ def _as_float_array(data, dtype=None, name="data"):
         dtype = np.dtype(dtype)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    if isinstance(data, DeviceArray):  # data on the 'cuda' device stays there
+        return data if dtype is None else data.astype(dtype, copy=False)
     arr = np.asarray(data)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric (float, int or bool), got an array of dtype {arr.dtype}")
@@ -150,15 +155,36 @@ class Tensor:
     ndim = property(lambda self: self.data.ndim)
     size = property(lambda self: self.data.size)
     is_leaf = property(lambda self: self._backward is None)
+    device = property(lambda self: "cpu" if isinstance(self.data, np.ndarray) else self.data.device)
 
     def __len__(self):
         return len(self.data)
 
     def numpy(self):
-        return self.data
+        """The data as a NumPy array: `.data` itself on the CPU, a host copy on 'cuda'."""
+        return self.data if isinstance(self.data, np.ndarray) else self.data.numpy()
 
     def item(self):
         return self.data.item()
+
+    def to(self, device):
+        """This tensor on `device` ('cpu' or 'cuda'; see tinyconv/cuda.py).
+
+        Itself when already there; otherwise a copy recorded on the tape, so
+        gradients flow back to the source device. 'cuda' without a GPU (and
+        without Numba's simulator) raises tinyconv.cuda.CudaUnavailableError.
+        """
+        device = cuda.check_device(device)
+        source = self.device
+        if device == source:
+            return self
+        return Tensor._make(cuda.to_device(self.data, device), (self,), lambda g: (cuda.to_device(g, source),), "to")
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def cpu(self):
+        return self.to("cpu")
 
     def detach(self):
         """The same data, cut from the graph (shares memory, needs no grad)."""
@@ -182,8 +208,9 @@ class Tensor:
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
-        body = np.array2string(self.data, separator=", ", prefix="Tensor(")
-        return f"Tensor({body}, dtype={self.dtype}{grad})"
+        device = "" if self.device == "cpu" else f", device='{self.device}'"  # printing copies to the host
+        body = np.array2string(self.numpy(), separator=", ", prefix="Tensor(")
+        return f"Tensor({body}, dtype={self.dtype}{device}{grad})"
 
     __hash__ = object.__hash__
 
@@ -203,7 +230,10 @@ class Tensor:
                                  f"got shape {self.shape}; pass grad= of that shape")
             grad = np.ones_like(self.data)
         else:
-            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
+            grad = grad.data if isinstance(grad, Tensor) else grad
+            grad = grad if isinstance(grad, DeviceArray) else np.asarray(grad)
+            if cuda.device_of(grad) != self.device:
+                raise ValueError(f"grad is on device '{cuda.device_of(grad)}' but the tensor is on '{self.device}'")
             if grad.shape != self.shape:
                 raise ValueError(f"grad must have the tensor's shape {self.shape}, got {grad.shape}")
             grad = grad.astype(self.dtype, copy=False)
@@ -221,7 +251,8 @@ class Tensor:
             for parent, pg in zip(node._parents, node._backward(g)):
                 if pg is None or not parent.requires_grad:
                     continue
-                pg = unbroadcast(np.asarray(pg), parent.shape).astype(parent.dtype, copy=False)
+                pg = pg if isinstance(pg, DeviceArray) else np.asarray(pg)
+                pg = unbroadcast(pg, parent.shape).astype(parent.dtype, copy=False)
                 key = id(parent)
                 if key in grads:
                     pg = grads[key] + pg  # a new array
@@ -375,7 +406,7 @@ class Tensor:
                 g = np.expand_dims(g, _normalize_axes(axis, len(shape)))
             return (np.broadcast_to(g, shape),)
 
-        return Tensor._make(np.asarray(y), (self,), backward, "sum")
+        return Tensor._make(_array(y), (self,), backward, "sum")
 
     def mean(self, axis=None, keepdims=False):
         axes = range(self.ndim) if axis is None else _normalize_axes(axis, self.ndim)
@@ -385,7 +416,7 @@ class Tensor:
     def max(self, axis=None, keepdims=False):
         """Maximum; the gradient is split evenly between tied maxima."""
         x = self.data
-        y = np.asarray(x.max(axis=axis, keepdims=True))
+        y = _array(x.max(axis=axis, keepdims=True))
 
         def backward(g):
             if not keepdims and axis is not None:
@@ -394,7 +425,7 @@ class Tensor:
             return (winners * (g / winners.sum(axis=axis, keepdims=True)),)
 
         out = y if keepdims else (y.reshape(()) if axis is None else np.squeeze(y, axis=axis))
-        return Tensor._make(np.asarray(out), (self,), backward, "max")
+        return Tensor._make(_array(out), (self,), backward, "max")
 
     # ---- shape ------------------------------------------------------------
     def reshape(self, *shape):
@@ -451,6 +482,11 @@ class Tensor:
         inner = tuple(slice(b, b + n) for (b, _), n in zip(pad_width, self.shape))
         y = np.pad(self.data, pad_width, constant_values=value)
         return Tensor._make(y, (self,), lambda g: (g[inner],), "pad")
+
+
+def _array(y):
+    """A reduction's result as an array: NumPy returns scalars for full reductions; device arrays stay."""
+    return y if isinstance(y, DeviceArray) else np.asarray(y)
 
 
 def _raw(x):

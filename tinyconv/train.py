@@ -29,7 +29,7 @@ import numpy as np
 
 import tinyconv
 import tinyconv.functional as F
-from tinyconv import data, models, optim, random
+from tinyconv import cuda, data, models, optim, random
 from tinyconv.checkpoint import atomic_write
 from tinyconv.tensor import Tensor, no_grad
 
@@ -62,6 +62,7 @@ class TrainConfig:
     limit_train: int = None         # use only the first N training images (quick experiments, tests)
     limit_test: int = None
     dtype: str = "float32"
+    device: str = "cpu"             # cpu | cuda (tinyconv/cuda.py)
 
     def validate(self):
         checks = [
@@ -81,6 +82,7 @@ class TrainConfig:
             raise ValueError(f"--data must be one of {sorted(data.DATASETS)}, got {self.data!r}")
         if self.model not in models.list_models():
             raise ValueError(f"--model {self.model!r} does not exist; available: {', '.join(models.list_models())}")
+        cuda.check_device(self.device)  # 'cuda' without a GPU: CudaUnavailableError, before any data is read
         return self
 
 
@@ -150,7 +152,7 @@ class Run:
         self.loader = data.DataLoader(self.train_set.images, self.train_set.labels, config.batch_size,
                                       shuffle=True, seed=config.seed, transform=_transform(info, augment))
         self.model = models.get(config.model, in_channels=info.shape[0], num_classes=len(info.classes))
-        self.model.to(config.dtype)
+        self.model.to(config.dtype).to(config.device)
         self.optimizer = build_optimizer(config, list(self.model.parameters()))
         self.scheduler = build_scheduler(config, self.optimizer)
         self.history = []
@@ -185,7 +187,7 @@ class Run:
         bar = progress(total=len(self.loader), initial=self.loader.batch, epoch=epoch) if progress else None
         for images, labels in self.loader:
             start = time.perf_counter()
-            logits = self.model(Tensor(images.astype(config.dtype, copy=False)))
+            logits = self.model(Tensor(images.astype(config.dtype, copy=False)).to(config.device))
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             if not np.isfinite(loss.item()):
                 raise TrainingDiverged(
@@ -198,7 +200,7 @@ class Run:
                 optim.clip_grad_norm_(self.optimizer.params, config.clip_grad_norm)
             self.optimizer.step()
             p["loss_sum"] += loss.item() * len(labels)
-            p["correct"] += int((logits.data.argmax(axis=1) == labels).sum())
+            p["correct"] += int((logits.numpy().argmax(axis=1) == labels).sum())  # a host copy on 'cuda'
             p["seen"] += len(labels)
             p["seconds"] += time.perf_counter() - start
             if bar is not None:
@@ -218,7 +220,7 @@ class Run:
         return row
 
 
-def evaluate(model, dataset, batch_size=256, dtype="float32"):
+def evaluate(model, dataset, batch_size=256, dtype="float32", device="cpu"):
     """Test loss, accuracy, per-class accuracy and the confusion matrix (rows: true class)."""
     model.eval()
     info = dataset.info
@@ -230,9 +232,9 @@ def evaluate(model, dataset, batch_size=256, dtype="float32"):
         for start in range(0, len(dataset.labels), batch_size):
             images = normalize(dataset.images[start:start + batch_size]).astype(dtype, copy=False)
             labels = dataset.labels[start:start + batch_size]
-            logits = model(Tensor(images))
+            logits = model(Tensor(images).to(device))
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            np.add.at(confusion, (labels, logits.data.argmax(axis=1)), 1)
+            np.add.at(confusion, (labels, logits.numpy().argmax(axis=1)), 1)
     n = max(len(dataset.labels), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     return {"loss": loss_sum / n, "accuracy": confusion.diagonal().sum() / n,
@@ -278,7 +280,7 @@ def train(config, directory, resume=False, progress=None, log=print):
             if run.stop_requested:
                 raise StopRequested
             row = run.train_epoch(progress)
-            result = evaluate(run.model, run.test_set, dtype=config.dtype)
+            result = evaluate(run.model, run.test_set, dtype=config.dtype, device=config.device)
             row.update(test_loss=result["loss"], test_acc=result["accuracy"])
             run.history.append(row)
             run.save()

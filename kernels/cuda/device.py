@@ -35,8 +35,8 @@ from numba import cuda
 # Under Numba's simulator every thread is a Python thread, so blocks are kept
 # small there; the code paths (several tree steps, partial blocks) are the same.
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
-THREADS = 128                              # threads per block of the 1-D element-wise kernels
-REDUCE_THREADS = 32 if SIMULATOR else 128  # threads per block of the tree reductions (a power of two)
+THREADS = 32 if SIMULATOR else 128         # threads per block of the 1-D element-wise kernels
+REDUCE_THREADS = 8 if SIMULATOR else 128   # threads per block of the tree reductions (a power of two)
 
 
 def to_device(a):

@@ -36,7 +36,7 @@ from numba import cuda
 
 from kernels.cuda.device import SIMULATOR, empty, to_device
 
-TILE = 8 if SIMULATOR else 16  # smaller under the simulator (device.py), same code paths
+TILE = 4 if SIMULATOR else 16  # smaller under the simulator (device.py), same code paths
 
 
 def gemm(a, b, trans_a=False, trans_b=False):

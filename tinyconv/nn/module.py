@@ -17,6 +17,7 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 
+from tinyconv import cuda
 from tinyconv.tensor import Tensor
 
 
@@ -158,12 +159,14 @@ class Module:
         return self
 
     def to(self, dtype):
-        """Convert every parameter and floating buffer to `dtype` (in place).
+        """Convert every parameter and floating buffer to `dtype`, or move them to a device, in place; returns self.
 
-        `"cpu"` is accepted and changes nothing (the GPU path is separate).
+        `dtype` is float32 / float64, or a device, 'cpu' or 'cuda' (tinyconv/cuda.py). A move keeps each
+        Parameter object (optimizers built before still hold them) and moves its .grad too; integer buffers
+        (batch norm's num_batches_tracked, a host-side counter) stay on the host.
         """
-        if isinstance(dtype, str) and dtype == "cpu":
-            return self
+        if isinstance(dtype, str) and dtype in cuda.DEVICES:
+            return self._move(cuda.check_device(dtype))
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64):
             raise TypeError(f"Module.to: dtype must be float32 or float64, got {dtype}")
@@ -176,6 +179,23 @@ class Module:
                 if b is not None and b.dtype.kind == "f":
                     module._buffers[name] = b.astype(dtype)
         return self
+
+    def _move(self, device):
+        for module in self.modules():
+            for p in module._parameters.values():
+                if p is not None:
+                    p.data = cuda.to_device(p.data, device)
+                    p.grad = None if p.grad is None else cuda.to_device(p.grad, device)
+            for name, b in module._buffers.items():
+                if b is not None and b.dtype.kind == "f":
+                    module._buffers[name] = cuda.to_device(b, device)
+        return self
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def cpu(self):
+        return self.to("cpu")
 
     def double(self):
         return self.to(np.float64)
@@ -192,6 +212,7 @@ class Module:
                 for name, value in table.items():
                     if value is not None:
                         array = value.data if isinstance(value, Tensor) else value
+                        array = cuda.to_device(array, "cpu")  # a host copy of a 'cuda' array
                         state[f"{path}.{name}" if path else name] = np.array(array, copy=True)
         return state
 
@@ -230,10 +251,12 @@ class Module:
             lines += ["  mismatched:"] + [f"    {m}" for m in mismatched] if mismatched else []
             raise ValueError("\n".join(lines))
         for module, table, name, new in matched:
+            current = getattr(module, table)[name]
+            device = cuda.device_of(current.data if isinstance(current, Tensor) else current)  # stays where it is
             if table == "_parameters":
-                module._parameters[name].data = np.array(new, copy=True)
+                module._parameters[name].data = cuda.to_device(np.array(new, copy=True), device)
             else:
-                module._buffers[name] = np.array(new, copy=True)
+                module._buffers[name] = cuda.to_device(np.array(new, copy=True), device)
         return IncompatibleKeys(missing, unexpected, mismatched)
 
     # ---- printing -----------------------------------------------------------
