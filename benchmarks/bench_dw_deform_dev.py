@@ -1,32 +1,40 @@
-"""Depthwise and deformable convolution speed: tinyconv's kernels against PyTorch, side by side.
+"""Grouped / depthwise and deformable convolution speed: tinyconv's kernels against PyTorch, side by side.
 
 Usage (from the repository root):
 
     python benchmarks/bench_dw_deform_dev.py                  # every case, 2 threads, 15 timed repeats
-    python benchmarks/bench_dw_deform_dev.py --cases dw16 --repeats 30 --threads 1
+    python benchmarks/bench_dw_deform_dev.py --cases dw16 g8 --repeats 30 --threads 1
+    python benchmarks/bench_dw_deform_dev.py --cases dw16 --old /tmp/depthwise_old.py   # + an older depthwise.py
+    python benchmarks/bench_dw_deform_dev.py --crossover      # direct kernel vs im2col route by C_in/groups
     python benchmarks/bench_dw_deform_dev.py --no-compile
 
 Cases (float32, 3x3, stride 1, padding 1):
 
-    dw16     depthwise  N=64 C=128 16x16       tinyconv.functional.conv2d(groups=C) (the direct kernel of
-    dw112    depthwise  N=8  C=32  112x112     kernels/depthwise.py), the grouped-im2col route of
-                                               kernels/conv2d.py called with groups=C, and torch conv2d(groups=C)
+    dw16     depthwise  N=64 C=128 16x16       tinyconv.functional.conv2d(groups) (the direct kernel of
+    dw112    depthwise  N=8  C=32  112x112     kernels/depthwise.py), the im2col route of kernels/conv2d.py
+    g8       grouped    N=64 C=128 16x16 G=8   with the same groups, and torch conv2d(groups)
     deform   deformable N=16 C=64->64 32x32    v2 (offsets + mask): tinyconv.functional.deform_conv2d, a plain
                                                PyTorch implementation made of gathers (what a user without
                                                torchvision writes; checked against ours), and torch conv2d of
                                                the same shape for scale
 
-"fwd" is the forward alone; "fwd+bwd" the forward and the backward with every
-gradient requested (through the tape for tinyconv, autograd for torch). The
-contenders are timed alternately, repeat by repeat, so a noisy machine slows
-them alike; the table shows the minimum and median in ms and the ratio of the
-minima to PyTorch (below 1 = faster than PyTorch). Depthwise and deformable
-kernels use fastmath {'reassoc', 'contract', 'nsz'} (depthwise only;
-STYLE.md 13). Start-up: import + first depthwise and deformable forward +
-backward in a fresh process, cold (empty NUMBA_CACHE_DIR: compile) and warm
-(same cache: load).
+"fwd" is the forward alone (no autograd); "fwd+bwd" the forward and the
+backward for x and w with one fixed random grad_output, no bias, as the
+suite's rows (through the tape for tinyconv, autograd for torch, the kernels
+directly for the im2col route and --old; deform: every gradient, ones). The contenders are timed
+alternately, repeat by repeat, so a noisy machine slows them alike; the table
+shows the minimum and median in ms (CPU time with --threads 1, which a
+loaded machine disturbs less; else wall time) and the ratio of the medians
+to PyTorch (below 1 = faster than PyTorch). --crossover times the direct kernel and the
+im2col route on C_in = C_out = 128, 16x16, N=32, for C_in/groups = 1 ... 64,
+3x3 and 1x1 (the kernels called directly, forward + backward for x and w):
+the measured crossover is DIRECT_MAX_CHANNELS in kernels/depthwise.py.
+Start-up: import + first depthwise, grouped and deformable forward + backward
+in a fresh process, cold (empty NUMBA_CACHE_DIR: compile) and warm (same
+cache: load).
 """
 import argparse
+import importlib.util
 import os
 import subprocess
 import sys
@@ -47,36 +55,96 @@ try:
 except ImportError:
     torch = None
 
-CASES = {"dw16": (64, 128, 16), "dw112": (8, 32, 112), "deform": (16, 64, 32)}
+CASES = {"dw16": (64, 128, 16, 128), "dw112": (8, 32, 112, 32), "g8": (64, 128, 16, 8), "deform": (16, 64, 32, 1)}
 
 
 # ---------------------------------------------------------------------------
-# depthwise
+# grouped and depthwise
 # ---------------------------------------------------------------------------
-def depthwise_case(N, C, H, rng):
+def grouped_case(N, C, H, groups, rng, old=None, k=3):
+    """As the suite's rows (benchmarks/cases.py): no bias, forwards without autograd, one fixed random grad_output."""
     x = rng.standard_normal((N, C, H, H)).astype(np.float32)
-    w = (rng.standard_normal((C, 1, 3, 3)) / 3).astype(np.float32)
-    b = rng.standard_normal(C).astype(np.float32)
-    args = ((1, 1), (1, 1), (1, 1))
+    w = (rng.standard_normal((C, C // groups, k, k)) / 3).astype(np.float32)
+    g = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    args = ((1, 1), (k // 2, k // 2), (1, 1))
+    xt, wt = tinyconv.Tensor(x, requires_grad=True), tinyconv.Tensor(w, requires_grad=True)
 
     def ours(backward):
-        xt, wt, bt = (tinyconv.Tensor(a, requires_grad=backward) for a in (x, w, b))
-        y = F.conv2d(xt, wt, bt, 1, 1, 1, C)
-        if backward:
-            y.backward(np.ones_like(y.data))
+        if not backward:
+            with tinyconv.no_grad():
+                return F.conv2d(xt, wt, None, *args, groups)
+        xt.grad = wt.grad = None
+        F.conv2d(xt, wt, None, *args, groups).backward(g)
 
-    def grouped_im2col(backward):
-        y = dense_conv.conv2d_forward(x, w, b, *args, C)
+    def im2col_route(backward):
+        dense_conv.conv2d_forward(x, w, None, *args, groups)
         if backward:
-            dense_conv.conv2d_backward(np.ones_like(y), x, w, *args, C)
+            dense_conv.conv2d_backward(g, x, w, *args, groups, needs=(True, True, False))
 
-    def theirs(backward):
-        xt, wt, bt = (torch.from_numpy(a).requires_grad_(backward) for a in (x, w, b))
-        y = TF.conv2d(xt, wt, bt, 1, 1, 1, C)
+    def older(backward):
+        old.depthwise_conv2d_forward(x, w, None, *args)
         if backward:
-            y.backward(torch.ones_like(y))
+            old.depthwise_conv2d_backward(g, x, w, *args, needs=(True, True, False))
 
-    return {"tinyconv": ours, "grouped im2col": grouped_im2col, "torch": theirs}
+    fns = {"tinyconv": ours, "im2col route": im2col_route}
+    if torch is not None:
+        xs, ws, gs = (torch.from_numpy(a.copy()) for a in (x, w, g))
+        xs.requires_grad_(True)
+        ws.requires_grad_(True)
+
+        def theirs(backward):
+            if not backward:
+                with torch.no_grad():
+                    return TF.conv2d(xs, ws, None, *args, groups)
+            xs.grad = ws.grad = None
+            TF.conv2d(xs, ws, None, *args, groups).backward(gs)
+
+        fns["torch"] = theirs
+    if old is not None and groups == C:
+        fns["old"] = older
+    return fns
+
+
+def load_old(path):
+    """Another copy of kernels/depthwise.py, imported under its file name (Numba's cache loader imports it so)."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def crossover(repeats, threads):
+    """Direct kernel vs im2col route, C_in = C_out = 128, 16x16, N=32, by channels per group. On one thread
+    the clock is the process's CPU time (robust to other processes taking the core), else wall time."""
+    from kernels import depthwise
+    rng = np.random.default_rng(0)
+    clock = time.process_time if threads == 1 else time.perf_counter
+    print(f"crossover: C_in = C_out = 128, 16x16, N=32, float32; kernels called directly; ms min / median of "
+          f"{repeats} ({'CPU' if threads == 1 else 'wall'} time); f+b = forward + backward for x and w; "
+          f"ratios direct / im2col of the medians and of the minima")
+    print(f"{'k':>3} {'C_in/G':>6} {'G':>4} {'direct fwd':>13} {'im2col fwd':>13} {'direct f+b':>13} "
+          f"{'im2col f+b':>13} {'ratio f+b':>10} {'min ratio':>10}")
+    for k in (3, 1):
+        for c_group in (1, 2, 4, 8, 16, 32, 64):
+            groups = 128 // c_group
+            x = rng.standard_normal((32, 128, 16, 16)).astype(np.float32)
+            w = rng.standard_normal((128, c_group, k, k)).astype(np.float32)
+            args = ((1, 1), (k // 2, k // 2), (1, 1), groups)
+            g = rng.standard_normal((32, 128, 16, 16)).astype(np.float32)
+            needs = (True, True, False)
+            fns = {"direct fwd": lambda: depthwise.grouped_conv2d_forward(x, w, None, *args),
+                   "im2col fwd": lambda: dense_conv.conv2d_forward(x, w, None, *args),
+                   "direct bwd": lambda: depthwise.grouped_conv2d_backward(g, x, w, *args, needs),
+                   "im2col bwd": lambda: dense_conv.conv2d_backward(g, x, w, *args, needs)}
+            t = {name: np.array(v) * 1e3 for name, v in time_side_by_side(fns, repeats, clock=clock).items()}
+            both = {route: t[f"{route} fwd"] + t[f"{route} bwd"] for route in ("direct", "im2col")}
+            cells = [f"{np.min(v):6.2f}/{np.median(v):<6.2f}" for v in
+                     (t["direct fwd"], t["im2col fwd"], both["direct"], both["im2col"])]
+            print(f"{k:>3} {c_group:>6} {groups:>4} " + " ".join(f"{c:>13}" for c in cells)
+                  + f" {np.median(both['direct']) / np.median(both['im2col']):>10.2f}"
+                  + f" {np.min(both['direct']) / np.min(both['im2col']):>10.2f}", flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -146,15 +214,15 @@ def deform_case(N, C, H, rng):
 # ---------------------------------------------------------------------------
 # timing
 # ---------------------------------------------------------------------------
-def time_side_by_side(functions, repeats, warmup=2):
+def time_side_by_side(functions, repeats, warmup=2, clock=time.perf_counter):
     """{name: [seconds per repeat]}, the functions called alternately."""
     times = {name: [] for name in functions}
     for i in range(warmup + repeats):
         for name, fn in functions.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
             if i >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
 
 
@@ -165,6 +233,8 @@ for dtype in (np.float32,):
     x = tinyconv.Tensor(np.ones((2, 4, 8, 8), dtype), requires_grad=True)
     w = tinyconv.Tensor(np.ones((4, 1, 3, 3), dtype), requires_grad=True)
     F.conv2d(x, w, padding=1, groups=4).sum().backward()
+    w = tinyconv.Tensor(np.ones((4, 2, 3, 3), dtype), requires_grad=True)
+    F.conv2d(x, w, padding=1, groups=2).sum().backward()
     w2 = tinyconv.Tensor(np.ones((4, 4, 3, 3), dtype), requires_grad=True)
     off = tinyconv.Tensor(np.full((2, 18, 8, 8), 0.5, dtype), requires_grad=True)
     m = tinyconv.Tensor(np.ones((2, 9, 8, 8), dtype), requires_grad=True)
@@ -174,7 +244,7 @@ print(time.perf_counter() - start)
 
 
 def start_up_seconds():
-    """(cold, warm) seconds of import + first depthwise and deformable forward + backward, fresh processes."""
+    """(cold, warm) seconds of import + first depthwise, grouped and deformable forward + backward, fresh processes."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=root)
@@ -189,28 +259,36 @@ def main():
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--old", help="path of an older kernels/depthwise.py to time beside (depthwise cases)")
+    parser.add_argument("--crossover", action="store_true", help="only the direct-vs-im2col table")
     args = parser.parse_args()
     set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)
+    if args.crossover:
+        return crossover(args.repeats, args.threads)
+    old = load_old(args.old) if args.old else None
+    clock = time.process_time if args.threads == 1 else time.perf_counter  # 1 thread: CPU time, robust to load
     print(f"threads {args.threads}; torch {torch.__version__ if torch else 'not installed'}; "
-          f"{args.repeats} repeats; ms min/median; ratio = min / min of the torch reference")
+          f"{args.repeats} repeats; ms min/median of {'CPU' if args.threads == 1 else 'wall'} time; "
+          f"ratio = median / median of the torch reference; load average {os.getloadavg()[0]:.1f}")
     rng = np.random.default_rng(0)
     for case in args.cases:
-        N, C, H = CASES[case]
-        fns = depthwise_case(N, C, H, rng) if case.startswith("dw") else deform_case(N, C, H, rng)
-        reference = "torch" if case.startswith("dw") else "torch gathers"
+        N, C, H, groups = CASES[case]
+        fns = deform_case(N, C, H, rng) if case == "deform" else grouped_case(N, C, H, groups, rng, old)
+        reference = "torch gathers" if case == "deform" else "torch"
         if torch is None:
             fns = {k: f for k, f in fns.items() if not k.startswith("torch")}
         for backward, label in ((False, "fwd"), (True, "fwd+bwd")):
-            t = time_side_by_side({k: (lambda f=f: f(backward)) for k, f in fns.items()}, args.repeats)
+            t = time_side_by_side({k: (lambda f=f: f(backward)) for k, f in fns.items()}, args.repeats, clock=clock)
             for name, times in t.items():
-                ratio = f"{min(times) / min(t[reference]):6.2f}" if reference in t else ""
+                ratio = f"{np.median(times) / np.median(t[reference]):6.2f}" if reference in t else ""
                 print(f"{case:7} {label:8} {name:15} {min(times) * 1e3:9.2f} / {np.median(times) * 1e3:<9.2f}"
                       f" {ratio}", flush=True)
     if not args.no_compile:
         cold, warm = start_up_seconds()
-        print(f"import + first depthwise and deformable forward+backward (float32): cold (compile) {cold:.1f} s, "
+        print(f"import + first depthwise, grouped and deformable forward+backward (float32): cold (compile) "
+              f"{cold:.1f} s, "
               f"warm (cache) {warm:.1f} s")
 
 

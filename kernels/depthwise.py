@@ -1,13 +1,14 @@
-"""Depthwise convolution: a direct kernel, one (n, c) plane at a time.
+"""Grouped convolution with few input channels per group, depthwise included: a direct kernel, no im2col.
 
-Notation: x (N, C, H, W) input; M the channel multiplier; weight
-(C·M, 1, k_h, k_w); y (N, C·M, out_h, out_w). Output channel o reads only
-input channel o // M. This is conv2d with groups = C, written without
-im2col: each output channel sees one input plane, so im2col would build
-k_h·k_w copies of the plane for a GEMM with a single row.
+Notation: x (N, C_in, H, W) input; G groups; C_g = C_in/G input and O_g =
+C_out/G output channels per group; weight (C_out, C_g, k_h, k_w); y (N,
+C_out, out_h, out_w). Output channel o belongs to group g = o // O_g and
+reads the input channels g·C_g + c, c < C_g. Depthwise convolution is the
+case C_g = 1 (G = C_in) with channel multiplier M = O_g: output channel o
+reads input channel o // M.
 
-    y[n,o,i,j] = b[o] + Σ_{p,q} w[o,0,p,q] · x[n, o//M, i·stride_h - pad_h + p·dil_h,
-                                                   j·stride_w - pad_w + q·dil_w]
+    y[n,o,i,j] = b[o] + Σ_{c<C_g, p<k_h, q<k_w} w[o,c,p,q] · x[n, g·C_g + c, i·stride_h - pad_h + p·dil_h,
+                                                                  j·stride_w - pad_w + q·dil_w]
 
 (x is zero outside the image.)  Output size, per axis:
 
@@ -15,273 +16,471 @@ k_h·k_w copies of the plane for a GEMM with a single row.
 
 Gradients, with g = grad_output and xp = x zero-padded by (pad_h, pad_w):
 
-    grad_input[n,c]      = crop of  Σ_{m<M} Σ_{p,q} w[cM+m,0,p,q] · g[n,cM+m,i,j]
-                           added at xp position (i·stride_h + p·dil_h, j·stride_w + q·dil_w)
-                           (the transposed convolution, as a scatter per plane)
-    grad_weight[o,0,p,q] = Σ_{n,i,j} g[n,o,i,j] · xp[n, o//M, i·stride_h + p·dil_h, j·stride_w + q·dil_w]
-    grad_bias[o]         = Σ_{n,i,j} g[n,o,i,j]
+    grad_input[n, g·C_g + c] = crop of  Σ_{o in group g} Σ_{p,q} w[o,c,p,q] · g[n,o,i,j]
+                               added at xp position (i·stride_h + p·dil_h, j·stride_w + q·dil_w)
+                               (the transposed convolution)
+    grad_weight[o,c,p,q]     = Σ_{n,i,j} g[n,o,i,j] · xp[n, g·C_g + c, i·stride_h + p·dil_h,
+                                                            j·stride_w + q·dil_w]
+    grad_bias[o]             = Σ_{n,i,j} g[n,o,i,j]
 
-How it is made fast (benchmarks/bench_dw_deform_dev.py measures it). The op
-is memory-bound and its planes are small, so:
+Why direct: with C_g·k_h·k_w small, im2col (kernels/conv2d.py) copies each
+input pixel k_h·k_w times to feed GEMMs too thin for BLAS to run well, and
+the copy costs more than the arithmetic. Here every multiply-add reads the
+input where it lies. tinyconv.functional.conv2d sends a grouped conv here
+when C_g <= DIRECT_MAX_CHANNELS (the crossover measured against the im2col
+route: benchmarks/bench_dw_deform_dev.py --crossover).
 
-* each thread owns a chunk of (n, c) planes and one set of scratch buffers,
-  reused for every plane of the chunk (no allocation per channel);
-* the input plane is copied into a zero-padded scratch plane xp of row
-  pitch P, so no index is ever negative and no border test is needed;
-* a plane is treated as ONE long row. Output pixel (i, j) lives at
-  k = i·Q + j of a flat output buffer with row pitch Q = stride_h·P/stride_w
-  (P is rounded up to a multiple of stride_w), and its tap (p, q) reads
+How it is laid out:
 
-      xp_flat[stride_w·k + p·dil_h·P + q·dil_w]
+* A work item is one group g of a few consecutive samples (enough that
+  the item's flat planes, laid end to end, are about ITEM_ELEMENTS long:
+  one pass over a long run costs less than several over short ones). The
+  items are cut into B = NUMBA_NUM_THREADS contiguous blocks and one
+  prange runs over the blocks; each block owns scratch buffers, reused
+  for all its items.
+* Phases remove the stride. The group's C_g input planes are copied into
+  zero-padded scratch, each padded plane xp split into stride_h·stride_w
+  phases: phase (r, t) holds xp[a·stride_h + r, b·stride_w + t] at [a, b].
+  Tap (p, q) of output (i, j) reads xp[i·stride_h + p·dil_h, j·stride_w + q·dil_w],
+  which is phase (p·dil_h % stride_h, q·dil_w % stride_w) at
+  [i + p·dil_h // stride_h, j + q·dil_w // stride_w]: stride 1 inside the
+  phase. (At stride 1 there is one phase, the padded plane itself.)
+* A plane is ONE long row, and so are an item's planes end to end. Every
+  flat buffer has row pitch P and plane size rows·P; output (i, j) of the
+  item's sample s sits at k = s·rows·P + i·P + j and tap t = (c, p, q)
+  reads the flat scratch at offset[t] + k, so
 
-  so each tap is one axpy over the whole plane. With stride 1 that is a
-  contiguous loop of out_h·P elements which LLVM vectorises (per-row loops
-  of 16 elements were too short for its vector width, measured 3-4x
-  slower); the k_w - 1 junk columns per row are cropped away. With a
-  stride, row by row (junk would be half the work);
-* the backward uses the same layout: the scatter for grad_input goes into a
-  thread-private padded plane; grad_weight is a dot product per tap into a
-  partial array indexed by the prange plane (n, o), summed over n outside
-  the parallel loop, so no two threads ever write the same element.
+      out[k] = b[o] + Σ_t w[o, t] · x_flat[offset[t] + k]
+
+  is one contiguous loop over all k of the item, which LLVM vectorises
+  (per-row loops of 16 elements were too short for its vector width,
+  measured 3-4x slower); the junk (columns j ≥ out_w, rows i ≥ out_h) is
+  never copied out. The (offset, weight) pairs are the tap table, built
+  per call in NumPy.
+* Register blocking (_gather_taps): two output channels and four taps per
+  pass over k (the table is padded with zero-weight taps). Each step loads
+  4 input values for 8 multiply-adds into the 2 outputs, where an axpy per
+  tap and channel does 2 loads and 1 store per multiply-add. An odd
+  channel out goes through the same loop alone (depthwise without a
+  multiplier: every channel).
+* grad_input is the same gather run backwards in space: grad_output is
+  copied with zero margins (A, B) = ((k_h-1)·dil_h // stride_h,
+  (k_w-1)·dil_w // stride_w), and input phase (r, t) at [a, b] gathers
+  w[o,c,p,q] · g[a - p·dil_h // stride_h, b - q·dil_w // stride_w] from the
+  taps (o, p, q) of that phase: a second tap table (_grad_input_taps).
+* grad_weight[o, t] = Σ_k g_flat[k] · x_flat[offset[t] + k], dot products
+  (_dot_taps, 2 channels × 4 taps per pass) summed into a per-block
+  partial; the partials are added in block order after the loop, so no two
+  threads write one element and the answer is the same bit for bit at any
+  thread count.
 * below conv2d's _SERIAL_MULTIPLY_ADDS multiply-adds a call runs on one
   thread (waking the others costs milliseconds on a busy machine).
 
 >>> import numpy as np
->>> x = np.ones((2, 3, 8, 8), np.float32)
->>> w = np.ones((6, 1, 3, 3), np.float32)
->>> depthwise_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1)).shape
-(2, 6, 8, 8)
+>>> x = np.ones((2, 4, 8, 8), np.float32)
+>>> grouped_conv2d_forward(x, np.ones((6, 2, 3, 3), np.float32), None, (2, 2), (1, 1), (1, 1), 2).shape
+(2, 6, 4, 4)
+>>> depthwise_conv2d_forward(x, np.ones((8, 1, 3, 3), np.float32), None, (1, 1), (1, 1), (1, 1)).shape
+(2, 8, 8, 8)
 """
+import numba
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from kernels.conv2d import _serial_if_small  # small work on one thread (waking threads costs ~8 ms under load)
 
 # Fast-math subset allowed by STYLE.md 13 (no -inf or NaN tricks in this op):
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
 FASTMATH = {"reassoc", "contract", "nsz"}
+TAPS_PER_PASS = 4  # taps summed per pass over a plane (_gather_taps, _dot_taps)
+# conv2d runs grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS here. Measured against the im2col route
+# (bench_dw_deform_dev.py --crossover, 16x16): 3x3 kernels stay ahead up to 64 channels per group (0.66x at 16),
+# 1x1 kernels, which need no im2col, only up to 2 (1.1-1.2x the im2col time at 4-16).
+DIRECT_MAX_CHANNELS = 16
+DIRECT_MAX_CHANNELS_1X1 = 2
 
 
-def depthwise_conv2d_forward(x, weight, bias, stride, padding, dilation):
-    """y = depthwise conv of x with weight (C·M, 1, k_h, k_w), plus bias."""
-    n, c, h, w = x.shape
-    c_out, _, k_h, k_w = weight.shape
-    out_h = _out_size(h, k_h, stride[0], padding[0], dilation[0])
-    out_w = _out_size(w, k_w, stride[1], padding[1], dilation[1])
+def runs_direct(channels_per_group, kernel_size):
+    """Whether conv2d sends a grouped conv with this many input channels per group here (the crossovers above)."""
+    limit = DIRECT_MAX_CHANNELS_1X1 if tuple(kernel_size) == (1, 1) else DIRECT_MAX_CHANNELS
+    return channels_per_group <= limit
+
+
+ITEM_ELEMENTS = 1024  # a work item stacks samples until its flat planes are about this long (see _Layout)
+
+
+def grouped_conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
+    """y = grouped conv of x with weight (C_out, C_in/groups, k_h, k_w), plus bias."""
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight, dtype=x.dtype)
+    n, c_out = x.shape[0], weight.shape[0]
+    layout = _Layout(x.shape, weight.shape, stride, padding, dilation)
+    offsets, tap_weights = _forward_taps(weight, layout)
     bias = np.zeros(c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
-    y = np.empty((n, c_out, out_h, out_w), x.dtype)
-    with _serial_if_small(y.size * k_h * k_w):
-        _forward_planes(x, weight, bias, y, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                        _n_chunks(n * c))
+    y = np.empty((n, c_out, layout.out_h, layout.out_w), x.dtype)
+    with _serial_if_small(y.size * weight[0].size):
+        _forward_items(x, offsets, tap_weights, bias, y, groups, *layout.scalars(), _blocks(layout.items(groups)))
     return y
 
 
-def depthwise_conv2d_backward(grad_output, x, weight, stride, padding, dilation, needs=(True, True, True)):
+def grouped_conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups, needs=(True, True, True)):
     """(grad_input, grad_weight, grad_bias); None where `needs` is False."""
     need_input, need_weight, need_bias = needs
     x = np.ascontiguousarray(x)
     grad_output = np.ascontiguousarray(grad_output, dtype=x.dtype)
     weight = np.ascontiguousarray(weight, dtype=x.dtype)
     n, c_out = grad_output.shape[:2]
-    k_h, k_w = weight.shape[2:]
+    layout = _Layout(x.shape, weight.shape, stride, padding, dilation)
+    offsets, tap_weights = _forward_taps(weight, layout)
+    input_offsets, input_weights, input_spans = _grad_input_taps(weight, groups, layout)
+    blocks = _blocks(layout.items(groups))
     grad_input = np.empty(x.shape if need_input else (0, 0, 0, 0), x.dtype)
-    weight_partial = np.empty((n, c_out, k_h, k_w) if need_weight else (0, 0, 0, 0), x.dtype)
+    partial = np.zeros((blocks, c_out, offsets.size) if need_weight else (0, 0, 0), x.dtype)  # (B, C_out, T)
     if need_input or need_weight:
-        with _serial_if_small(grad_output.size * k_h * k_w * (need_input + need_weight)):
-            _backward_planes(grad_output, x, weight, grad_input, weight_partial, need_input, need_weight,
-                             stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-                             _n_chunks(x.shape[0] * x.shape[1]))
-    grad_weight = weight_partial.sum(axis=0)[:, None] if need_weight else None  # (C·M, 1, k_h, k_w)
+        with _serial_if_small(grad_output.size * weight[0].size * (need_input + need_weight)):
+            _backward_items(grad_output, x, offsets, input_offsets, input_weights, input_spans, grad_input, partial,
+                            need_input, need_weight, groups, *layout.scalars(), blocks)
+    grad_weight = None
+    if need_weight:
+        total = partial[0]
+        for b in range(1, blocks):  # block order: the same sum at any thread count
+            total += partial[b]
+        grad_weight = np.ascontiguousarray(total[:, :weight[0].size]).reshape(weight.shape)
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if need_bias else None
     return (grad_input if need_input else None), grad_weight, grad_bias
 
 
-def _out_size(size, k, stride, pad, dil):
-    return (size + 2 * pad - dil * (k - 1) - 1) // stride + 1
+def depthwise_conv2d_forward(x, weight, bias, stride, padding, dilation):
+    """Depthwise: the grouped convolution with groups = C, weight (C·M, 1, k_h, k_w)."""
+    return grouped_conv2d_forward(x, weight, bias, stride, padding, dilation, x.shape[1])
 
 
-def _n_chunks(n_planes):
-    """One chunk of planes per Numba thread (each chunk owns one set of scratch buffers).
-
-    Read here, not in the jitted code: get_num_threads() there stops Numba from caching."""
-    return max(1, min(n_planes, get_num_threads()))
-
-
-# ---------------------------------------------------------------------------
-# the flat-plane layout and the three loops everything is made of
-# ---------------------------------------------------------------------------
-@njit(cache=True)
-def _layout(out_h, out_w, k_h, k_w, stride_h, stride_w, dil_h, dil_w):
-    """(H_p, P, Q, n_seg, seg_len): padded rows and pitch, output pitch, and the
-    segments (one long one at stride 1, else one per output row) the taps run over."""
-    H_p = (out_h - 1) * stride_h + (k_h - 1) * dil_h + 1
-    W_p = (out_w - 1) * stride_w + (k_w - 1) * dil_w + 1
-    P = stride_w * ((W_p + stride_w - 1) // stride_w)
-    Q = stride_h * P // stride_w
-    if stride_h == 1 and stride_w == 1:
-        return H_p, P, Q, 1, (out_h - 1) * Q + out_w
-    return H_p, P, Q, out_h, out_w
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _axpy(dst, dst_first, a, src, src_first, step, n):
-    """dst[dst_first + k] += a · src[src_first + k·step]  for k < n.
-
-    The step == 1 branch is the one LLVM vectorises (a run-time step stays scalar)."""
-    d = dst[dst_first:dst_first + n]
-    if step == 1:
-        s = src[src_first:src_first + n]
-        for k in range(n):
-            d[k] += a * s[k]
-    else:
-        for k in range(n):
-            d[k] += a * src[src_first + k * step]
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _scatter_axpy(dst, dst_first, step, a, src, src_first, n):
-    """dst[dst_first + k·step] += a · src[src_first + k]  for k < n (the adjoint of _axpy)."""
-    s = src[src_first:src_first + n]
-    if step == 1:
-        d = dst[dst_first:dst_first + n]
-        for k in range(n):
-            d[k] += a * s[k]
-    else:
-        for k in range(n):
-            dst[dst_first + k * step] += a * s[k]
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _dot(acc, a, a_first, b, b_first, step, n):
-    """acc + Σ_k a[a_first + k] · b[b_first + k·step]; `acc` comes in typed as the arrays
-    (a literal 0.0 would turn a float32 sum into an unvectorised float64 one)."""
-    a = a[a_first:a_first + n]
-    if step == 1:
-        b = b[b_first:b_first + n]
-        for k in range(n):
-            acc += a[k] * b[k]
-    else:
-        for k in range(n):
-            acc += a[k] * b[b_first + k * step]
-    return acc
-
-
-@njit(cache=True)
-def _plane_to_flat(flat, pitch, plane, row0, col0, max_rows, max_cols):
-    """flat[(row0 + h)·pitch + col0 + w] = plane[h, w] for h < max_rows, w < max_cols."""
-    H, W = plane.shape
-    for h in range(min(H, max_rows)):
-        base = (row0 + h) * pitch + col0
-        for w in range(min(W, max_cols)):
-            flat[base + w] = plane[h, w]
-
-
-@njit(cache=True)
-def _flat_to_plane(plane, flat, pitch, row0, col0, max_rows, max_cols):
-    """plane[h, w] = flat[(row0 + h)·pitch + col0 + w]; zero where h ≥ max_rows or w ≥ max_cols."""
-    H, W = plane.shape
-    for h in range(H):
-        base = (row0 + h) * pitch + col0
-        for w in range(W):
-            plane[h, w] = flat[base + w] if h < max_rows and w < max_cols else 0
+def depthwise_conv2d_backward(grad_output, x, weight, stride, padding, dilation, needs=(True, True, True)):
+    """(grad_input, grad_weight, grad_bias) of depthwise_conv2d_forward; None where `needs` is False."""
+    return grouped_conv2d_backward(grad_output, x, weight, stride, padding, dilation, x.shape[1], needs)
 
 
 # ---------------------------------------------------------------------------
-# forward
+# the flat layout and the tap tables (NumPy, once per call)
+# ---------------------------------------------------------------------------
+class _Layout:
+    """Sizes of the flat scratch buffers for one convolution (see the module docstring).
+
+    H_p, W_p: the padded input rows/columns the output reads; rows: rows of one phase (H_p / stride_h,
+    rounded up); pitch P: the row pitch of every flat buffer; plane = rows·P, the flat size of one phase
+    of one channel of one sample, and of one output or grad_output plane with its margins;
+    margin_h, margin_w: the zero margins (A, B) put around grad_output for the grad_input gather.
+
+    samples: how many samples one work item stacks, plane after plane, so that a pass over k runs over
+    about ITEM_ELEMENTS values. A pass over one 16x16 plane (286 values) ran at 60% of the speed of one
+    over 2,860: the set-up, the vector remainder and, in _dot_taps, the horizontal sums come once per
+    pass. 1024 measured best on 16x16 (depthwise slowed down again at 1536)."""
+
+    def __init__(self, x_shape, weight_shape, stride, padding, dilation):
+        self.N, self.H, self.W = x_shape[0], x_shape[2], x_shape[3]
+        k_h, k_w = weight_shape[2:]
+        (self.stride_h, self.stride_w), (self.pad_h, self.pad_w), (dil_h, dil_w) = stride, padding, dilation
+        self.dil_h, self.dil_w = dil_h, dil_w
+        self.out_h = (x_shape[2] + 2 * self.pad_h - dil_h * (k_h - 1) - 1) // self.stride_h + 1
+        self.out_w = (x_shape[3] + 2 * self.pad_w - dil_w * (k_w - 1) - 1) // self.stride_w + 1
+        self.H_p = (self.out_h - 1) * self.stride_h + (k_h - 1) * dil_h + 1
+        self.W_p = (self.out_w - 1) * self.stride_w + (k_w - 1) * dil_w + 1
+        self.rows = _ceil_div(self.H_p, self.stride_h)
+        phase_w = _ceil_div(self.W_p, self.stride_w)
+        self.margin_h, self.margin_w = (k_h - 1) * dil_h // self.stride_h, (k_w - 1) * dil_w // self.stride_w
+        # a row of a phase fits, and so does a row of grad_output with its left margin; reads past
+        # a row's end land in the next row's left margin, which is zero (grad_input gather)
+        self.pitch = max(phase_w, self.margin_w + self.out_w)
+        self.plane = self.rows * self.pitch
+        self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane)))
+
+    def items(self, groups):
+        """Work items: (block of `samples` samples, group) pairs."""
+        return _ceil_div(self.N, self.samples) * groups
+
+    def scalars(self):
+        """The ints the jitted kernels take, in their order."""
+        return (self.pad_h, self.pad_w, self.stride_h, self.stride_w, self.H_p, self.W_p, self.rows, self.pitch,
+                self.margin_h, self.margin_w, self.samples)
+
+
+def _forward_taps(weight, layout):
+    """offsets (T,): where tap (c, p, q) starts in an item's phase scratch; tap_weights (C_out, T).
+
+    T = C_g·k_h·k_w rounded up to TAPS_PER_PASS with zero-weight taps (offset 0)."""
+    c_out, c_g, k_h, k_w = weight.shape
+    L = layout
+    c, p, q = np.meshgrid(np.arange(c_g), np.arange(k_h), np.arange(k_w), indexing="ij")  # (C_g, k_h, k_w)
+    phase = (p * L.dil_h % L.stride_h) * L.stride_w + q * L.dil_w % L.stride_w
+    offsets = ((c * L.stride_h * L.stride_w + phase) * L.samples * L.plane + p * L.dil_h // L.stride_h * L.pitch
+               + q * L.dil_w // L.stride_w)
+    return _pad_taps(offsets.reshape(-1), weight.reshape(c_out, -1))  # weight (C_out, C_g·k_h·k_w)
+
+
+def _grad_input_taps(weight, groups, layout):
+    """offsets (S, T), tap_weights (C_in, S, T), spans (S, 2): for input phase s = r·stride_w + t, the taps
+    (o, p, q) of that phase, at offset[o, p, q] = o·samples·plane + (A - p·dil_h // stride_h)·P
+    + B - q·dil_w // stride_w into the item's grad_output scratch, with weight w[g·O_g + o, c, p, q] for
+    input channel g·C_g + c.
+    The gather runs over k in [first, first + count) = spans[s] of the phase, the part that holds input
+    pixels (not padding): the offsets include `first`."""
+    c_out, c_g, k_h, k_w = weight.shape
+    o_g, L = c_out // groups, layout
+    o, p, q = np.meshgrid(np.arange(o_g), np.arange(k_h), np.arange(k_w), indexing="ij")  # (O_g, k_h, k_w)
+    phase = ((p * L.dil_h % L.stride_h) * L.stride_w + q * L.dil_w % L.stride_w).reshape(-1)
+    offsets = (o * L.samples * L.plane + (L.margin_h - p * L.dil_h // L.stride_h) * L.pitch
+               + L.margin_w - q * L.dil_w // L.stride_w).reshape(-1)
+    by_input = (weight.reshape(groups, o_g, c_g, k_h * k_w).transpose(0, 2, 1, 3)  # (G, C_g, O_g, k_h·k_w)
+                .reshape(groups * c_g, o_g * k_h * k_w))                          # (C_in, O_g·k_h·k_w)
+    phases = L.stride_h * L.stride_w
+    per_phase = [np.flatnonzero(phase == s) for s in range(phases)]
+    n_taps = max(len(taps) for taps in per_phase)
+    all_offsets = np.zeros((phases, n_taps), np.int64)
+    all_weights = np.zeros((groups * c_g, phases, n_taps), weight.dtype)
+    spans = np.zeros((phases, 2), np.int64)
+    for s, taps in enumerate(per_phase):
+        spans[s] = _phase_span(s // L.stride_w, s % L.stride_w, layout)
+        all_offsets[s, :len(taps)] = offsets[taps] + spans[s, 0]
+        all_weights[:, s, :len(taps)] = by_input[:, taps]
+    return _pad_taps(all_offsets, all_weights) + (spans,)
+
+
+def _phase_span(r, t, layout):
+    """(first, count): the flat range of phase (r, t) of one sample from its first to its last input pixel.
+
+    Row a of the phase is padded row a·stride_h + r, input row h = a·stride_h + r - pad_h; the rows the
+    forward reads are h < h_end = min(H, H_p - pad_h). Columns alike."""
+    L = layout
+    h_end, w_end = min(L.H, L.H_p - L.pad_h), min(L.W, L.W_p - L.pad_w)
+    a_lo, a_hi = _ceil_div(L.pad_h - r, L.stride_h), _ceil_div(L.pad_h + h_end - r, L.stride_h)
+    b_lo, b_hi = _ceil_div(L.pad_w - t, L.stride_w), _ceil_div(L.pad_w + w_end - t, L.stride_w)
+    if a_hi <= a_lo or b_hi <= b_lo:
+        return 0, 0
+    return a_lo * L.pitch + b_lo, (a_hi - 1 - a_lo) * L.pitch + b_hi - b_lo
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _pad_taps(offsets, tap_weights):
+    """Both padded on the last axis to a multiple of TAPS_PER_PASS: offset 0, weight 0 (harmless taps)."""
+    extra = -offsets.shape[-1] % TAPS_PER_PASS
+    pad = lambda a: np.ascontiguousarray(np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra)]))  # noqa: E731
+    return pad(offsets.astype(np.int64)), pad(tap_weights)
+
+
+def _blocks(items):
+    """How many blocks the items are cut into: one per Numba thread the process started, fixed for its
+    lifetime, so results do not depend on set_num_threads. (Read here: Numba will not cache a kernel that
+    reads the thread count.)"""
+    return max(1, min(items, numba.config.NUMBA_NUM_THREADS))
+
+
+# ---------------------------------------------------------------------------
+# the three loops everything is made of
 # ---------------------------------------------------------------------------
 @njit(cache=True, fastmath=FASTMATH)
-def _correlate_plane(xp, P, Q, n_seg, seg_len, w, b, out, stride_h, stride_w, dil_h, dil_w):
-    """out[k] = b + Σ_{p,q} w[p, q] · xp[stride_w·k + p·dil_h·P + q·dil_w] over the segments."""
-    k_h, k_w = w.shape
-    out[:] = b
-    for seg in range(n_seg):
-        k0 = seg * Q
-        for p in range(k_h):
-            for q in range(k_w):
-                _axpy(out, k0, w[p, q], xp, stride_w * k0 + p * dil_h * P + q * dil_w, stride_w, seg_len)
+def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n):
+    """dst0[k] += Σ_t weights0[t] · src[offsets[t] + k]  for k < n, and the same for dst1 with weights1 when
+    `two` (else dst1 and weights1 are not touched).
+
+    A register block of 2 rows × 4 taps per pass over k: 4 source loads feed 8 multiply-adds (an axpy per
+    tap and row needs 2 loads per multiply-add). LLVM hoists the `two` test out of the k loop (loop
+    unswitching) and vectorises both versions: a lone row costs what a 1-row loop would (measured).
+    Slices are taken first: indexing src[offsets[t] + k] directly stays scalar (Numba's negative-index
+    wraparound hides the affine address from LLVM; measured 4x)."""
+    d0, d1 = dst0[:n], dst1[:n]
+    for t in range(0, offsets.size, 4):
+        s0 = src[offsets[t]:offsets[t] + n]
+        s1 = src[offsets[t + 1]:offsets[t + 1] + n]
+        s2 = src[offsets[t + 2]:offsets[t + 2] + n]
+        s3 = src[offsets[t + 3]:offsets[t + 3] + n]
+        a0, a1, a2, a3 = weights0[t], weights0[t + 1], weights0[t + 2], weights0[t + 3]
+        b0, b1, b2, b3 = weights1[t], weights1[t + 1], weights1[t + 2], weights1[t + 3]
+        for k in range(n):
+            x0, x1, x2, x3 = s0[k], s1[k], s2[k], s3[k]
+            d0[k] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+            if two:
+                d1[k] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _dot_taps(acc0, acc1, two, g0, g1, src, offsets, n):
+    """acc0[t] += Σ_k g0[k] · src[offsets[t] + k]  for k < n, and the same for acc1 with g1 when `two`: the
+    adjoint of _gather_taps with respect to the weights, 2 rows × 4 taps per pass. The sums start from
+    acc[t], so they are typed as the arrays (a literal 0.0 would make a float32 sum an unvectorised
+    float64 one)."""
+    g0, g1 = g0[:n], g1[:n]
+    for t in range(0, offsets.size, 4):
+        s0 = src[offsets[t]:offsets[t] + n]
+        s1 = src[offsets[t + 1]:offsets[t + 1] + n]
+        s2 = src[offsets[t + 2]:offsets[t + 2] + n]
+        s3 = src[offsets[t + 3]:offsets[t + 3] + n]
+        a0, a1, a2, a3 = acc0[t], acc0[t + 1], acc0[t + 2], acc0[t + 3]
+        b0, b1, b2, b3 = acc1[t], acc1[t + 1], acc1[t + 2], acc1[t + 3]
+        for k in range(n):
+            x0, x1, x2, x3 = s0[k], s1[k], s2[k], s3[k]
+            a0 += g0[k] * x0
+            a1 += g0[k] * x1
+            a2 += g0[k] * x2
+            a3 += g0[k] * x3
+            if two:
+                b0 += g1[k] * x0
+                b1 += g1[k] * x1
+                b2 += g1[k] * x2
+                b3 += g1[k] * x3
+        acc0[t], acc0[t + 1], acc0[t + 2], acc0[t + 3] = a0, a1, a2, a3
+        if two:
+            acc1[t], acc1[t + 1], acc1[t + 2], acc1[t + 3] = b0, b1, b2, b3
+
+
+@njit(cache=True)
+def _copy_plane(plane, flat, first, pad_h, pad_w, stride_h, stride_w, H_p, W_p, phase_stride, pitch, to_flat):
+    """Between plane (H, W) and its padded phases in flat: plane[h, w] <-> flat[first + (r·stride_w + t)·phase_stride
+    + a·pitch + b] where h + pad_h = a·stride_h + r < H_p and w + pad_w = b·stride_w + t < W_p.
+
+    to_flat: copy the plane into flat (the rest of flat is left alone: zero padding stays zero).
+    Else: copy flat into the plane, and zero the plane where h + pad_h ≥ H_p or w + pad_w ≥ W_p."""
+    H, W = plane.shape
+    h_end, w_end = max(0, min(H, H_p - pad_h)), max(0, min(W, W_p - pad_w))
+    if not to_flat:
+        plane[h_end:, :] = 0
+        plane[:h_end, w_end:] = 0
+    for t in range(stride_w):  # the column phase; its columns w are w0, w0 + stride_w, ...
+        w0 = (t - pad_w) % stride_w
+        count = max(0, (w_end - w0 + stride_w - 1) // stride_w)
+        b0 = (w0 + pad_w) // stride_w
+        a, r = pad_h // stride_h, pad_h % stride_h  # h + pad_h = a·stride_h + r, stepped without dividing
+        for h in range(h_end):                      # (divisions per row cost more than a 16-pixel copy)
+            run = first + (r * stride_w + t) * phase_stride + a * pitch + b0
+            if to_flat:
+                _copy_run(flat, run, 1, plane[h], w0, stride_w, count)
+            else:
+                _copy_run(plane[h], w0, stride_w, flat, run, 1, count)
+            r += 1
+            if r == stride_h:
+                a, r = a + 1, 0
+
+
+@njit(cache=True, inline="always")
+def _copy_run(dst, dst_first, dst_step, src, src_first, src_step, count):
+    """dst[dst_first + m·dst_step] = src[src_first + m·src_step] for m < count. The steps-1 branch is the one
+    LLVM vectorises (3-8x faster on 16-pixel rows, measured); slices, not offset indexing, as in _gather_taps."""
+    if dst_step == 1 and src_step == 1:
+        d, s = dst[dst_first:dst_first + count], src[src_first:src_first + count]
+        for m in range(count):
+            d[m] = s[m]
+    else:
+        for m in range(count):
+            dst[dst_first + m * dst_step] = src[src_first + m * src_step]
+
+
+# ---------------------------------------------------------------------------
+# forward and backward: one prange over blocks of (sample, group) items
+# ---------------------------------------------------------------------------
+@njit(cache=True)
+def _block(b, blocks, items):
+    """Work items [lo, hi) of block b: contiguous, sizes differ by at most one."""
+    return b * items // blocks, (b + 1) * items // blocks
 
 
 @njit(cache=True, parallel=True)
-def _forward_planes(x, weight, bias, y, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, n_chunks):
-    # N batch, C input channels, M multiplier, C_out = C·M; xp (H_p·P) padded input plane, out (out_h·Q) flat output
-    N, C, H, W = x.shape
-    C_out, _, k_h, k_w = weight.shape
-    M = C_out // C
-    out_h, out_w = y.shape[2:]
-    H_p, P, Q, n_seg, seg_len = _layout(out_h, out_w, k_h, k_w, stride_h, stride_w, dil_h, dil_w)
-    W_p = (out_w - 1) * stride_w + (k_w - 1) * dil_w + 1
-    for chunk in prange(n_chunks):
-        xp = np.zeros(H_p * P, x.dtype)  # its border is never written, so it stays zero
-        out = np.empty(out_h * Q, x.dtype)
-        for plane in range(chunk * N * C // n_chunks, (chunk + 1) * N * C // n_chunks):
-            n, c = plane // C, plane % C
-            _plane_to_flat(xp, P, x[n, c], pad_h, pad_w, H_p - pad_h, W_p - pad_w)
-            for o in range(c * M, (c + 1) * M):
-                _correlate_plane(xp, P, Q, n_seg, seg_len, weight[o, 0], bias[o], out,
-                                 stride_h, stride_w, dil_h, dil_w)
-                _flat_to_plane(y[n, o], out, Q, 0, 0, out_h, out_w)
-
-
-# ---------------------------------------------------------------------------
-# backward
-# ---------------------------------------------------------------------------
-@njit(cache=True, fastmath=FASTMATH)
-def _scatter_plane(g_flat, P, Q, n_seg, seg_len, w, grad_xp, stride_h, stride_w, dil_h, dil_w):
-    """grad_xp[stride_w·k + p·dil_h·P + q·dil_w] += w[p, q] · g_flat[k]: one output plane's share of grad_input."""
-    k_h, k_w = w.shape
-    for seg in range(n_seg):
-        k0 = seg * Q
-        for p in range(k_h):
-            for q in range(k_w):
-                _scatter_axpy(grad_xp, stride_w * k0 + p * dil_h * P + q * dil_w, stride_w, w[p, q],
-                              g_flat, k0, seg_len)
-
-
-@njit(cache=True, fastmath=FASTMATH)
-def _weight_grad_plane(g_flat, P, Q, n_seg, seg_len, xp, w_partial, stride_h, stride_w, dil_h, dil_w):
-    """w_partial[p, q] = Σ_k g_flat[k] · xp[stride_w·k + p·dil_h·P + q·dil_w]: one plane's grad_weight share."""
-    k_h, k_w = w_partial.shape
-    w_partial[:, :] = 0
-    for seg in range(n_seg):
-        k0 = seg * Q
-        for p in range(k_h):
-            for q in range(k_w):
-                w_partial[p, q] = _dot(w_partial[p, q], g_flat, k0, xp,
-                                       stride_w * k0 + p * dil_h * P + q * dil_w, stride_w, seg_len)
+def _forward_items(x, offsets, tap_weights, bias, y, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p, rows,
+                   pitch, margin_h, margin_w, samples, blocks):
+    # N batch, C_g input / O_g output channels per group, S = stride_h·stride_w phases; an item is (block of
+    # `samples` samples from n0, group g); plane = rows·pitch; xp (C_g, S, samples, plane) its input in
+    # phases; out (2, samples·plane) two output channels of its samples, flat: output channels go in pairs
+    # (o, o + 1) through _gather_taps, an odd last one alone
+    N, C_in = x.shape[:2]
+    C_out, out_h, out_w = y.shape[1:]
+    c_g, o_g = C_in // groups, C_out // groups
+    plane, phases = rows * pitch, stride_h * stride_w
+    n_out = (out_h - 1) * pitch + out_w  # one sample's output span
+    for b in prange(blocks):
+        xp = np.zeros(c_g * phases * samples * plane, x.dtype)  # its padding is never written: stays zero
+        out = np.empty((2, samples * plane), x.dtype)
+        lo, hi = _block(b, blocks, _ceil_div_int(N, samples) * groups)
+        for item in range(lo, hi):
+            n0, g = item // groups * samples, item % groups
+            count = min(samples, N - n0)
+            n = (count - 1) * plane + n_out
+            for s in range(count):
+                for c in range(c_g):
+                    _copy_plane(x[n0 + s, g * c_g + c], xp, (c * phases * samples + s) * plane, pad_h, pad_w,
+                                stride_h, stride_w, H_p, W_p, samples * plane, pitch, True)
+            for o in range(g * o_g, (g + 1) * o_g, 2):
+                two = o + 1 < (g + 1) * o_g
+                o1 = o + 1 if two else o
+                out[0, :n] = bias[o]
+                if two:
+                    out[1, :n] = bias[o1]
+                _gather_taps(out[0], out[1], two, xp, offsets, tap_weights[o], tap_weights[o1], n)
+                for s in range(count):
+                    _copy_plane(y[n0 + s, o], out[0], s * plane, 0, 0, 1, 1, out_h, out_w, 0, pitch, False)
+                    if two:
+                        _copy_plane(y[n0 + s, o1], out[1], s * plane, 0, 0, 1, 1, out_h, out_w, 0, pitch, False)
 
 
 @njit(cache=True, parallel=True)
-def _backward_planes(grad_output, x, weight, grad_input, weight_partial, need_input, need_weight,
-                     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, n_chunks):
-    # N batch, C input channels, M multiplier; xp / grad_xp (H_p·P) padded planes, g_flat (out_h·Q) with zero junk
-    # columns; weight_partial (N, C·M, k_h, k_w) is written at [n, o] only by the thread owning plane (n, o // M).
-    N, C, H, W = x.shape
-    C_out, _, k_h, k_w = weight.shape
-    M = C_out // C
-    out_h, out_w = grad_output.shape[2:]
-    H_p, P, Q, n_seg, seg_len = _layout(out_h, out_w, k_h, k_w, stride_h, stride_w, dil_h, dil_w)
-    W_p = (out_w - 1) * stride_w + (k_w - 1) * dil_w + 1
-    for chunk in prange(n_chunks):
-        xp = np.zeros(H_p * P, x.dtype)
-        grad_xp = np.empty(H_p * P, x.dtype)
-        g_flat = np.zeros(out_h * Q, x.dtype)  # junk columns j ≥ out_w stay zero: they scatter nothing
-        for plane in range(chunk * N * C // n_chunks, (chunk + 1) * N * C // n_chunks):
-            n, c = plane // C, plane % C
+def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input_spans, grad_input, partial,
+                    need_input, need_weight, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p, rows, pitch,
+                    margin_h, margin_w, samples, blocks):
+    # Items, planes, S and xp as in the forward. gp (O_g, samples, plane) + slack: the item's grad_output
+    # planes, each with zero margins (margin_h rows above, margin_w columns left); grad_xp (2, S, samples,
+    # plane): two input channels' grads in phases; partial (B, C_out, T) written at [b] by block b only.
+    # Channels go in pairs through _gather_taps / _dot_taps, an odd last one alone
+    N, C_in = x.shape[:2]
+    C_out, out_h, out_w = grad_output.shape[1:]
+    c_g, o_g = C_in // groups, C_out // groups
+    plane, phases = rows * pitch, stride_h * stride_w
+    n_out = (out_h - 1) * pitch + out_w
+    g_first = margin_h * pitch + margin_w  # where g[0, 0] sits in its plane: from there it is an output plane
+    for b in prange(blocks):
+        gp = np.zeros(o_g * samples * plane + (margin_h + 1) * pitch, x.dtype)  # + what the last gather overreads
+        xp = np.zeros(c_g * phases * samples * plane if need_weight else 0, x.dtype)
+        grad_xp = np.empty((2, phases * samples * plane if need_input else 0), x.dtype)
+        lo, hi = _block(b, blocks, _ceil_div_int(N, samples) * groups)
+        for item in range(lo, hi):
+            n0, g = item // groups * samples, item % groups
+            count = min(samples, N - n0)
+            for o in range(o_g):
+                for s in range(count):
+                    _copy_plane(grad_output[n0 + s, g * o_g + o], gp, (o * samples + s) * plane, margin_h, margin_w,
+                                1, 1, margin_h + out_h, margin_w + out_w, 0, pitch, True)
+            # grad_input and grad_weight in two separate loops, not one loop with both branches
+            # inside: with run-time flags in one loop body LLVM stopped vectorising (measured 4x slower)
+            if need_input:
+                for c in range(g * c_g, (g + 1) * c_g, 2):
+                    two = c + 1 < (g + 1) * c_g
+                    c1 = c + 1 if two else c
+                    grad_xp[0, :] = 0
+                    if two:
+                        grad_xp[1, :] = 0
+                    for phase in range(phases):
+                        first = phase * samples * plane + input_spans[phase, 0]
+                        _gather_taps(grad_xp[0, first:], grad_xp[1, first:], two, gp, input_offsets[phase],
+                                     input_weights[c, phase], input_weights[c1, phase],
+                                     (count - 1) * plane + input_spans[phase, 1])
+                    for s in range(count):
+                        _copy_plane(grad_input[n0 + s, c], grad_xp[0], s * plane, pad_h, pad_w, stride_h, stride_w,
+                                    H_p, W_p, samples * plane, pitch, False)
+                        if two:
+                            _copy_plane(grad_input[n0 + s, c1], grad_xp[1], s * plane, pad_h, pad_w, stride_h,
+                                        stride_w, H_p, W_p, samples * plane, pitch, False)
             if need_weight:
-                _plane_to_flat(xp, P, x[n, c], pad_h, pad_w, H_p - pad_h, W_p - pad_w)
-            if need_input:
-                grad_xp[:] = 0
-            # two separate calls, not one loop with both branches inside: with run-time flags in one
-            # loop body LLVM stopped vectorising the reduction (measured 4x slower)
-            for o in range(c * M, (c + 1) * M):
-                _plane_to_flat(g_flat, Q, grad_output[n, o], 0, 0, out_h, out_w)
-                if need_input:
-                    _scatter_plane(g_flat, P, Q, n_seg, seg_len, weight[o, 0], grad_xp,
-                                   stride_h, stride_w, dil_h, dil_w)
-                if need_weight:
-                    _weight_grad_plane(g_flat, P, Q, n_seg, seg_len, xp, weight_partial[n, o],
-                                       stride_h, stride_w, dil_h, dil_w)
-            if need_input:
-                _flat_to_plane(grad_input[n, c], grad_xp, P, pad_h, pad_w, H_p - pad_h, W_p - pad_w)
+                for s in range(count):
+                    for c in range(c_g):
+                        _copy_plane(x[n0 + s, g * c_g + c], xp, (c * phases * samples + s) * plane, pad_h, pad_w,
+                                    stride_h, stride_w, H_p, W_p, samples * plane, pitch, True)
+                for o in range(0, o_g, 2):
+                    two = o + 1 < o_g
+                    o1 = o + 1 if two else o
+                    _dot_taps(partial[b, g * o_g + o], partial[b, g * o_g + o1], two,
+                              gp[o * samples * plane + g_first:], gp[o1 * samples * plane + g_first:], xp, offsets,
+                              (count - 1) * plane + n_out)
+
+
+@njit(cache=True)
+def _ceil_div_int(a, b):
+    return -(-a // b)

@@ -99,7 +99,10 @@ else:
         assert isinstance(got, DeviceArray)
         host = got.numpy()
         assert host.shape == np.shape(want) and host.dtype == np.asarray(want).dtype, (host.shape, host.dtype)
-        np.testing.assert_allclose(host, want, **TIGHT)
+        if host.dtype.kind == "f":
+            np.testing.assert_allclose(host, want, **TIGHT)
+        else:
+            np.testing.assert_array_equal(host, want)
 
     # -- the device array: element-wise maths, reductions, shapes ---------------------------
     def test_device_array_matches_numpy():
@@ -114,7 +117,7 @@ else:
         assert_same(dc ** -1, c ** -1)
         assert_same(-da, -a)
         assert_same(np.maximum(da, 0), np.maximum(a, 0))
-        assert_same(da > db, (a > b).astype(np.float64))  # masks are 0/1 in the operands' dtype
+        assert_same(da > db, a > b)  # booleans, as NumPy
         for ufunc in (np.exp, np.log, np.sqrt, np.tanh):
             assert_same(ufunc(dc), ufunc(c))
         assert_same(da.sum(), a.sum())
@@ -137,10 +140,120 @@ else:
             np.asarray(da)
         with pytest.raises(ValueError, match="'cuda' and 'cpu'"):
             da + np.ones((2, 3))
-        with pytest.raises(NotImplementedError, match="cuda"):
-            da[0]
-        with pytest.raises(NotImplementedError, match="numpy.concatenate.*cuda"):
-            np.concatenate([da, da])
+        with pytest.raises(ValueError, match="'cuda' and 'cpu'"):
+            np.concatenate([da, np.ones((2, 3))])
+        with pytest.raises(NotImplementedError, match="indexing with.*cuda"):
+            da[da > 0]  # a boolean mask: a data-dependent shape
+        with pytest.raises(NotImplementedError, match="numpy.sort.*cuda"):
+            np.sort(da)
+        with pytest.raises(NotImplementedError, match="numpy.pad.*cuda"):
+            np.pad(da, 1, mode="reflect")
+        with pytest.raises(IndexError):
+            da[2]
+
+    # -- indexing, joining, padding, selecting: what the zoo's blocks need -------------------
+    def test_indexing_matches_numpy():
+        a = np.random.default_rng(5).standard_normal((3, 4, 5))
+        da = dev(a)
+        for index in (0, -1, (1, 2, 3), (slice(None), slice(None, None, -1)), (Ellipsis, slice(4, 0, -2)),
+                      (-1, None, slice(1, 3)), (slice(None), slice(None), slice(None, None, 2)),
+                      (slice(None, None, 2), slice(None, None, 2)), (slice(5, 7),), (slice(None), -3, slice(-2, None)),
+                      (np.arange(3), np.array([0, 3, 1])), ([2, 0, 2],), (slice(None), np.array([[1, 3], [0, 0]]))):
+            assert_same(da[index], a[index])
+        g, dg = np.zeros_like(a), dev(np.zeros_like(a))
+        for index in ((np.array([0, 0, 2]), np.array([1, 1, 3])), (slice(None), slice(3, 0, -2)),
+                      (slice(None), slice(None), np.array([4, 4, 0]))):  # repeated indices accumulate
+            values = np.arange(float(np.zeros_like(a)[index].size)).reshape(np.zeros_like(a)[index].shape)
+            np.add.at(g, index, values)
+            np.add.at(dg, index, dev(values))
+            assert_same(dg, g)
+        g[:, ::-2, 1:] = 7.0
+        dg[:, ::-2, 1:] = 7.0
+        g[0] = a[1]
+        dg[0] = da[1]
+        g[np.array([2, 0]), np.array([1, 3])] = -2.0  # a one-hot style assignment
+        dg[np.array([2, 0]), np.array([1, 3])] = -2.0
+        assert_same(dg, g)
+        with pytest.raises(NotImplementedError, match="repeated integer indices.*cuda"):
+            dg[np.array([1, 1])] = 0.0
+
+    def test_comparisons_give_booleans():
+        a, b = np.array([[-1.0, 0.0, 2.0], [3.0, np.nan, -2.0]]), np.array([0.0, 0.0, 3.0])
+        da, db = dev(a), dev(b)
+        for got, want in ((da > db, a > b), (da >= 0, a >= 0), (da < db, a < b), (da <= 0, a <= 0),
+                          (da == db, a == b), (da != 0, a != 0), (~(da > 0), ~(a > 0)),
+                          ((da > -1.5) & (da < 2.5), (a > -1.5) & (a < 2.5)), ((da > 2) | (da < 0), (a > 2) | (a < 0)),
+                          ((da > 0) ^ (db > 0), (a > 0) ^ (b > 0))):
+            assert got.dtype == np.bool_
+            assert_same(got, want)
+        assert_same((da > 0).sum(axis=1), (a > 0).sum(axis=1))  # counts, int64 as NumPy
+        assert_same((da > 0).astype(np.float64), (a > 0).astype(np.float64))
+        assert_same(dev(b) * (db > 0), b * (b > 0))
+
+    def test_joining_padding_selecting_match_numpy():
+        rng = np.random.default_rng(6)
+        a, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))
+        da, db = dev(a), dev(b)
+        for axis in (0, 1, 2, -1):
+            part = (slice(None),) * (axis % 3) + (slice(0, 2),)
+            assert_same(np.concatenate([da, db[part], da], axis=axis), np.concatenate([a, b[part], a], axis=axis))
+            for got, want in zip(np.split(da, [1, 2], axis=axis), np.split(a, [1, 2], axis=axis)):
+                assert_same(got, want)
+        assert_same(np.pad(da, ((0, 1), (2, 0), (1, 3)), constant_values=-1.5),
+                    np.pad(a, ((0, 1), (2, 0), (1, 3)), constant_values=-1.5))
+        assert_same(np.where(da > 0, da, db[:1]), np.where(a > 0, a, b[:1]))
+        assert_same(np.where(da > 0, 1, 0.25), np.where(a > 0, 1, 0.25))
+        assert_same(np.clip(da, -0.5, 0.5), np.clip(a, -0.5, 0.5))
+        assert_same(np.expm1(da), np.expm1(a))
+        assert_same(np.take(da, np.array([3, 0, 0]), axis=2), np.take(a, np.array([3, 0, 0]), axis=2))
+        for x, y in (((2, 3, 4), (4, 5)), ((4,), (2, 4, 3)), ((2, 3, 4), (4,)), ((2, 1, 3, 4), (5, 4, 2)),
+                     ((3, 4), (4, 2))):  # np.matmul's rules: batch broadcasting, 1-D operands
+            p, q = rng.standard_normal(x), rng.standard_normal(y)
+            assert_same(dev(p) @ dev(q), p @ q)
+
+    def both_devices(fn, *arrays):
+        """fn's output and the inputs' gradients on 'cuda' equal those on the CPU."""
+        results = []
+        for device in ("cpu", "cuda"):
+            inputs = [Tensor(a).to(device).requires_grad_() for a in arrays]
+            out = fn(*inputs)
+            out.backward(Tensor(np.linspace(0.5, 1.5, out.size).reshape(np.shape(out.data))).to(device))
+            results.append([np.asarray(out.numpy())] + [t.grad if device == "cpu" else t.grad.numpy() for t in inputs])
+        for got, want in zip(results[1], results[0]):
+            assert got.shape == want.shape and got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, **TIGHT)
+
+    @pytest.mark.parametrize("name", ["leaky_relu", "elu", "relu6", "normalize", "nll_loss", "pad", "tensor_pad",
+                                      "strided_slice", "concat", "stack", "matmul_3d", "clip", "max",
+                                      "nearest", "bilinear", "bilinear_corners", "dropout", "focal_sigmoid",
+                                      "focal_softmax", "triplet"])
+    def test_tape_ops_match_cpu(name):
+        from tinyconv.tensor import concat, stack
+        x = np.random.default_rng(7).standard_normal((2, 3, 4, 4)) * 4  # |x| > 1e-3 away from the kinks
+        x[np.abs(x) < 1e-3] = 0.5
+        fns = {
+            "leaky_relu": lambda t: F.leaky_relu(t, 0.1), "elu": F.elu, "relu6": F.relu6,
+            "normalize": lambda t: F.normalize(t.reshape(2, -1)),
+            "nll_loss": lambda t: F.nll_loss(F.log_softmax(t.reshape(4, -1)), np.array([3, 7, 3, 0])),
+            "pad": lambda t: F.pad(t, (1, 2, -1, 1)),
+            "tensor_pad": lambda t: t.pad(((0, 0), (0, 2), (1, 0), (0, 0))),
+            "strided_slice": lambda t: t[:, ::-2, ::2, 1::-1],
+            "concat": lambda t: concat([t, t[:, :2] * 2], axis=1),
+            "stack": lambda t: stack([t, t * t], axis=2),
+            "matmul_3d": lambda t: t.reshape(6, 4, 4) @ t.reshape(6, 4, 4)[:, :, :2],
+            "clip": lambda t: t.clip(-1, 1), "max": lambda t: t.max(axis=1),
+            "nearest": lambda t: F.interpolate(t, scale_factor=2, mode="nearest"),
+            "bilinear": lambda t: F.interpolate(t, size=(3, 7), mode="bilinear", align_corners=False),
+            "bilinear_corners": lambda t: F.interpolate(t, size=(5, 2), mode="bilinear", align_corners=True),
+            "dropout": lambda t: F.dropout2d(t, 0.5, generator=np.random.default_rng(1))
+            + F.dropout(t, 0.3, generator=np.random.default_rng(2)),
+            "focal_sigmoid": lambda t: F.focal_loss(t, (x > 0.5).astype(np.float64), gamma=1.5),
+            "focal_softmax": lambda t: F.focal_loss(t.reshape(4, -1), np.array([0, 23, 5, 5]), mode="softmax",
+                                                    reduction="none"),
+            "triplet": lambda t: F.triplet_margin_loss(*(F.normalize(t[i].reshape(3, -1)) for i in (0, 1, 0)),
+                                                      margin=0.5),
+        }
+        both_devices(fns[name], x)
 
     # -- Tensor.to, mixed devices ----------------------------------------------------------
     def test_tensor_to_round_trip_and_grad_flows_back():

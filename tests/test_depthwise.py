@@ -1,5 +1,6 @@
-"""Depthwise convolution: kernels/depthwise.py against kernels/reference.py (its own naive loop and
-conv2d with groups = C), gradients through tinyconv.functional.conv2d(groups=C_in)."""
+"""The direct grouped kernel (kernels/depthwise.py: few channels per group, depthwise = one channel per group)
+against kernels/reference.py (conv2d with groups, and the naive depthwise loop), gradients through
+tinyconv.functional.conv2d, which routes grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS there."""
 import numba
 import numpy as np
 import pytest
@@ -16,70 +17,99 @@ TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, ato
 
 
 @st.composite
-def depthwise_configs(draw, max_size=9):
-    """(x shape, multiplier, kernel, stride, padding, dilation) with a non-empty output."""
+def grouped_configs(draw, max_size=9, max_channels=4):
+    """(x shape, groups, output channels per group, kernel, stride, padding, dilation), non-empty output."""
     k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)),
-             draw(st.integers(1, max_size)), draw(st.integers(1, max_size)))
-    mult = draw(st.integers(1, 3))
+    groups, c_group, o_group = draw(st.integers(1, 3)), draw(st.integers(1, max_channels)), draw(st.integers(1, 3))
+    shape = (draw(st.integers(1, 3)), groups * c_group, draw(st.integers(1, max_size)), draw(st.integers(1, max_size)))
     assume(all(reference.conv_output_size(shape[2 + a], k[a], s[a], p[a], d[a]) >= 1 for a in range(2)))
-    return shape, mult, k, s, p, d
+    return shape, groups, o_group, k, s, p, d
 
 
-def operands(shape, mult, k, rng, dtype):
+def operands(shape, groups, o_group, k, rng, dtype):
+    c_out = groups * o_group
     x = rng.standard_normal(shape).astype(dtype)
-    w = rng.standard_normal((shape[1] * mult, 1) + k).astype(dtype)
-    b = rng.standard_normal(shape[1] * mult).astype(dtype)
+    w = rng.standard_normal((c_out, shape[1] // groups) + k).astype(dtype)
+    b = rng.standard_normal(c_out).astype(dtype)
     return x, w, b
+
+
+def check_against_reference(x, w, b, s, p, d, groups, dtype, rng):
+    y = depthwise.grouped_conv2d_forward(x, w, b, s, p, d, groups)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(y, reference.conv2d_forward(x, w, b, s, p, d, groups), **TOL[dtype])
+    g = rng.standard_normal(y.shape).astype(dtype)
+    grads = depthwise.grouped_conv2d_backward(g, x, w, s, p, d, groups)
+    expected = reference.conv2d_backward(g, x, w, s, p, d, groups)
+    for got, want, like in zip(grads, expected, (x, w, np.zeros(w.shape[0], dtype))):
+        assert got.shape == like.shape and got.dtype == dtype
+        np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
 # ---------------------------------------------------------------------------
 # against the reference
 # ---------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
-@given(depthwise_configs(), st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2**31))
-def test_matches_reference(config, dtype, with_bias, seed):
-    shape, mult, k, s, p, d = config
+@given(grouped_configs(), st.sampled_from([np.float32, np.float64]), st.booleans(), st.integers(0, 2**31))
+def test_grouped_matches_reference(config, dtype, with_bias, seed):
+    shape, groups, o_group, k, s, p, d = config
     rng = np.random.default_rng(seed)
-    x, w, b = operands(shape, mult, k, rng, dtype)
-    b = b if with_bias else None
-    y = depthwise.depthwise_conv2d_forward(x, w, b, s, p, d)
-    assert y.dtype == dtype
-    np.testing.assert_allclose(y, reference.depthwise_conv2d_forward(x, w, b, s, p, d), **TOL[dtype])
-    g = rng.standard_normal(y.shape).astype(dtype)
-    grads = depthwise.depthwise_conv2d_backward(g, x, w, s, p, d)
-    expected = reference.depthwise_conv2d_backward(g, x, w, s, p, d)
-    for got, want, like in zip(grads, expected, (x, w, b if with_bias else np.zeros(w.shape[0], dtype))):
-        assert got.shape == like.shape and got.dtype == dtype
-        np.testing.assert_allclose(got, want, **TOL[dtype])
+    x, w, b = operands(shape, groups, o_group, k, rng, dtype)
+    check_against_reference(x, w, b if with_bias else None, s, p, d, groups, dtype, rng)
 
 
-@settings(max_examples=25, deadline=None)
-@given(depthwise_configs(), st.integers(0, 2**31))
-def test_matches_grouped_conv2d_reference(config, seed):
-    """Depthwise is conv2d with groups = C: an independent oracle for the forward and every gradient."""
-    shape, mult, k, s, p, d = config
+@pytest.mark.parametrize("shape, groups, o_group, k, s, p, d", [
+    ((2, 4, 1, 1), 2, 3, (1, 1), (1, 1), (0, 0), (1, 1)),   # 1x1 image, 1x1 kernel
+    ((1, 3, 1, 1), 3, 1, (3, 3), (1, 1), (1, 1), (1, 1)),   # 1x1 image, only the centre tap sees it
+    ((1, 6, 3, 2), 2, 2, (5, 4), (1, 1), (1, 1), (1, 1)),   # kernel as large as the padded input: 1x1 output
+    ((2, 4, 7, 8), 2, 3, (2, 2), (4, 3), (1, 0), (1, 1)),   # stride > kernel: rows and columns never read
+    ((1, 2, 5, 5), 2, 2, (1, 1), (3, 3), (4, 4), (1, 1)),   # padding > kernel: whole phases of padding
+    ((1, 32, 6, 6), 2, 3, (3, 3), (1, 1), (1, 1), (1, 1)),  # C_g = 16 (the dispatch threshold), odd O_g
+    ((1, 5, 9, 7), 1, 2, (3, 2), (2, 3), (2, 1), (2, 2)),   # groups = 1 (a dense conv) runs too
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_edge_cases_match_reference(shape, groups, o_group, k, s, p, d, dtype):
+    rng = np.random.default_rng(5)
+    x, w, b = operands(shape, groups, o_group, k, rng, dtype)
+    check_against_reference(x, w, b, s, p, d, groups, dtype, rng)
+
+
+@settings(max_examples=20, deadline=None)
+@given(grouped_configs(max_channels=1), st.integers(0, 2**31))
+def test_depthwise_names_match_the_depthwise_reference(config, seed):
+    """depthwise_conv2d_* (weight (C·M, 1, k_h, k_w)) against the reference's own depthwise loop."""
+    shape, groups, mult, k, s, p, d = config
     rng = np.random.default_rng(seed)
-    x, w, b = operands(shape, mult, k, rng, np.float64)
-    C = shape[1]
+    x, w, b = operands(shape, groups, mult, k, rng, np.float64)
     y = depthwise.depthwise_conv2d_forward(x, w, b, s, p, d)
-    np.testing.assert_allclose(y, reference.conv2d_forward(x, w, b, s, p, d, C), **TOL[np.float64])
+    np.testing.assert_allclose(y, reference.depthwise_conv2d_forward(x, w, b, s, p, d), **TOL[np.float64])
     g = rng.standard_normal(y.shape)
     for got, want in zip(depthwise.depthwise_conv2d_backward(g, x, w, s, p, d),
-                         reference.conv2d_backward(g, x, w, s, p, d, C)):
+                         reference.depthwise_conv2d_backward(g, x, w, s, p, d)):
         np.testing.assert_allclose(got, want, **TOL[np.float64])
+
+
+@pytest.mark.parametrize("item_elements", [1, 40])  # one sample per item; 2 of 5 samples per item (a short last item)
+def test_items_of_several_samples_match_reference(monkeypatch, item_elements):
+    """An item stacks samples until its planes reach ITEM_ELEMENTS; any stacking gives the reference's answer."""
+    monkeypatch.setattr(depthwise, "ITEM_ELEMENTS", item_elements)
+    rng = np.random.default_rng(9)
+    for shape, groups, o_group, k, s, p, d in [((5, 4, 5, 4), 2, 3, (3, 3), (1, 1), (1, 1), (1, 1)),
+                                               ((5, 3, 6, 5), 3, 1, (3, 2), (2, 3), (2, 1), (1, 2))]:
+        x, w, b = operands(shape, groups, o_group, k, rng, np.float64)
+        check_against_reference(x, w, b, s, p, d, groups, np.float64, rng)
 
 
 def test_needs_returns_none_for_grads_not_requested():
     rng = np.random.default_rng(0)
-    x, w, _ = operands((2, 3, 6, 5), 2, (3, 3), rng, np.float64)
+    x, w, _ = operands((2, 6, 6, 5), 2, 3, (3, 3), rng, np.float64)
     g = rng.standard_normal((2, 6, 6, 5))
-    full = depthwise.depthwise_conv2d_backward(g, x, w, (1, 1), (1, 1), (1, 1))
+    full = depthwise.grouped_conv2d_backward(g, x, w, (1, 1), (1, 1), (1, 1), 2)
     for needs in [(True, False, False), (False, True, False), (False, False, True), (False, False, False)]:
-        grads = depthwise.depthwise_conv2d_backward(g, x, w, (1, 1), (1, 1), (1, 1), needs)
+        grads = depthwise.grouped_conv2d_backward(g, x, w, (1, 1), (1, 1), (1, 1), 2, needs)
         for need, got, want in zip(needs, grads, full):
             if need:
                 np.testing.assert_array_equal(got, want)
@@ -88,18 +118,19 @@ def test_needs_returns_none_for_grads_not_requested():
 
 
 def test_result_does_not_depend_on_the_thread_count():
-    """The planes are split into one chunk per thread: 1 or 2 chunks must give identical bits."""
+    """The items are split into a fixed number of blocks (grad_weight partials added in block order):
+    1 or all threads must give identical bits."""
     rng = np.random.default_rng(1)
-    x, w, b = operands((3, 5, 11, 7), 2, (3, 2), rng, np.float32)
-    g = rng.standard_normal((3, 10, 6, 7)).astype(np.float32)
-    args = ((2, 1), (1, 1), (1, 2))
+    x, w, b = operands((3, 6, 11, 7), 2, 3, (3, 2), rng, np.float32)
+    args = ((2, 1), (1, 1), (1, 2), 2)
+    g = rng.standard_normal(depthwise.grouped_conv2d_forward(x, w, b, *args).shape).astype(np.float32)
     results = []
     previous = numba.get_num_threads()
     try:
         for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(threads)
-            results.append((depthwise.depthwise_conv2d_forward(x, w, b, *args),)
-                           + depthwise.depthwise_conv2d_backward(g, x, w, *args))
+            results.append((depthwise.grouped_conv2d_forward(x, w, b, *args),)
+                           + depthwise.grouped_conv2d_backward(g, x, w, *args))
     finally:
         numba.set_num_threads(previous)
     for got, want in zip(results[-1], results[0]):
@@ -108,43 +139,61 @@ def test_result_does_not_depend_on_the_thread_count():
 
 def test_non_contiguous_inputs():
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 7, 9, 3)).transpose(0, 3, 1, 2)  # (2, 3, 7, 9), not C-contiguous
-    w = rng.standard_normal((3, 3, 1, 3)).transpose(0, 2, 1, 3)  # (3, 1, 3, 3)
-    args = ((1, 2), (1, 0), (1, 1))
-    np.testing.assert_allclose(depthwise.depthwise_conv2d_forward(x, w, None, *args),
-                               reference.depthwise_conv2d_forward(x, w, None, *args), **TOL[np.float64])
+    x = rng.standard_normal((2, 7, 9, 4)).transpose(0, 3, 1, 2)   # (2, 4, 7, 9), not C-contiguous
+    w = rng.standard_normal((6, 3, 2, 3)).transpose(0, 2, 1, 3)   # (6, 2, 3, 3)
+    g = rng.standard_normal((2, 7, 4, 6)).transpose(0, 3, 1, 2)   # (2, 6, 7, 4) = the output's shape
+    args = ((1, 2), (1, 0), (1, 1), 2)
+    y = depthwise.grouped_conv2d_forward(x, w, None, *args)
+    np.testing.assert_allclose(y, reference.conv2d_forward(x, w, None, *args), **TOL[np.float64])
+    for got, want in zip(depthwise.grouped_conv2d_backward(g, x, w, *args),
+                         reference.conv2d_backward(g, x, w, *args)):
+        np.testing.assert_allclose(got, want, **TOL[np.float64])
 
 
 # ---------------------------------------------------------------------------
-# gradients through tinyconv.functional.conv2d (groups = C_in runs the depthwise kernel)
+# through tinyconv.functional.conv2d
 # ---------------------------------------------------------------------------
-def dw_conv(s, p, d, C):
-    return lambda x, w, b: F.conv2d(x, w, b, stride=s, padding=p, dilation=d, groups=C)
+def grouped_conv(s, p, d, groups):
+    return lambda x, w, b: F.conv2d(x, w, b, stride=s, padding=p, dilation=d, groups=groups)
 
 
 @settings(max_examples=30, deadline=None)
-@given(depthwise_configs(), st.integers(0, 2**31))
+@given(grouped_configs(max_size=7), st.integers(0, 2**31))
 def test_gradcheck_fast(config, seed):
-    shape, mult, k, s, p, d = config
-    assume(shape[1] > 1)  # C_in = 1 is a dense conv, not depthwise
+    shape, groups, o_group, k, s, p, d = config
+    assume(groups > 1)  # groups = 1 is the dense route
     rng = np.random.default_rng(seed)
-    x, w, b = (Tensor(a, requires_grad=True) for a in operands(shape, mult, k, rng, np.float64))
-    assert tinyconv.gradcheck(dw_conv(s, p, d, shape[1]), [x, w, b], fast_mode=True, seed=seed)
+    x, w, b = (Tensor(a, requires_grad=True) for a in operands(shape, groups, o_group, k, rng, np.float64))
+    assert tinyconv.gradcheck(grouped_conv(s, p, d, groups), [x, w, b], fast_mode=True, seed=seed)
 
 
-@pytest.mark.parametrize("shape, mult, k, s, p, d", [
-    ((1, 2, 4, 3), 2, (2, 3), (1, 1), (1, 1), (1, 1)),
-    ((2, 2, 5, 4), 1, (3, 2), (2, 1), (0, 1), (1, 2)),
+@pytest.mark.parametrize("shape, groups, o_group, k, s, p, d", [
+    ((1, 2, 4, 3), 2, 2, (2, 3), (1, 1), (1, 1), (1, 1)),   # depthwise, multiplier 2
+    ((2, 4, 5, 4), 2, 1, (3, 2), (2, 1), (0, 1), (1, 2)),   # 2 channels per group, strided, dilated
 ])
-def test_gradcheck_full(shape, mult, k, s, p, d):
+def test_gradcheck_full(shape, groups, o_group, k, s, p, d):
     rng = np.random.default_rng(3)
-    x, w, b = (Tensor(a, requires_grad=True) for a in operands(shape, mult, k, rng, np.float64))
-    assert tinyconv.gradcheck(dw_conv(s, p, d, shape[1]), [x, w, b])
+    x, w, b = (Tensor(a, requires_grad=True) for a in operands(shape, groups, o_group, k, rng, np.float64))
+    assert tinyconv.gradcheck(grouped_conv(s, p, d, groups), [x, w, b])
+
+
+@pytest.mark.parametrize("c_group, k, direct", [
+    (1, 3, True), (depthwise.DIRECT_MAX_CHANNELS, 3, True), (depthwise.DIRECT_MAX_CHANNELS + 1, 3, False),
+    (depthwise.DIRECT_MAX_CHANNELS_1X1, 1, True), (depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 1, False)])
+def test_conv2d_routes_few_channels_per_group_to_the_direct_kernel(monkeypatch, c_group, k, direct):
+    seen = record_thread_counts(monkeypatch, depthwise, "_forward_items")
+    rng = np.random.default_rng(6)
+    x, w, _ = operands((1, 2 * c_group, 4, 4), 2, 2, (k, k), rng, np.float64)
+    pad = k // 2
+    y = F.conv2d(Tensor(x), Tensor(w), padding=pad, groups=2)
+    assert bool(seen) == direct
+    np.testing.assert_allclose(y.data, reference.conv2d_forward(x, w, None, (1, 1), (pad, pad), (1, 1), 2),
+                               **TOL[np.float64])
 
 
 def test_backward_is_reentrant_and_zero_grad_gives_zero():
     rng = np.random.default_rng(4)
-    x, w, b = (Tensor(a, requires_grad=True) for a in operands((2, 3, 6, 6), 2, (3, 3), rng, np.float32))
+    x, w, b = (Tensor(a, requires_grad=True) for a in operands((2, 6, 6, 6), 3, 3, (3, 3), rng, np.float32))
     y = F.conv2d(x, w, b, stride=1, padding=1, groups=3)
     g = rng.standard_normal(y.shape).astype(np.float32)
     y.backward(g)
@@ -162,22 +211,22 @@ def test_backward_is_reentrant_and_zero_grad_gives_zero():
         assert not t.grad.any()
 
 
-def test_bad_depthwise_weight_is_rejected_before_the_kernel():
+def test_bad_grouped_weight_is_rejected_before_the_kernel():
     x = Tensor(np.zeros((1, 4, 5, 5)))
     with pytest.raises(ValueError, match="weight"):
-        F.conv2d(x, Tensor(np.zeros((4, 2, 3, 3))), groups=4)  # weight must be (C·M, 1, k_h, k_w)
+        F.conv2d(x, Tensor(np.zeros((4, 2, 3, 3))), groups=4)  # weight must be (C_out, C_in/groups, k_h, k_w)
     with pytest.raises(ValueError, match="C_out"):
-        F.conv2d(x, Tensor(np.zeros((6, 1, 3, 3))), groups=4)  # C_out must be a multiple of C_in
+        F.conv2d(x, Tensor(np.zeros((5, 2, 3, 3))), groups=2)  # C_out must be a multiple of groups
 
 
 def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
     """Below conv2d's _SERIAL_MULTIPLY_ADDS the kernel runs on one Numba thread (same answer); the count comes back."""
-    seen = record_thread_counts(monkeypatch, depthwise, "_forward_planes")
-    x = np.random.default_rng(7).standard_normal((2, 3, 6, 6))
-    w = np.random.default_rng(8).standard_normal((6, 1, 3, 3))
+    seen = record_thread_counts(monkeypatch, depthwise, "_forward_items")
+    x = np.random.default_rng(7).standard_normal((2, 4, 6, 6))
+    w = np.random.default_rng(8).standard_normal((6, 2, 3, 3))
     previous = numba.get_num_threads()
-    small = depthwise.depthwise_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1))
+    small = depthwise.grouped_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 2)
     monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # now every call counts as large
-    large = depthwise.depthwise_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1))
+    large = depthwise.grouped_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 2)
     assert seen == [1, previous] and numba.get_num_threads() == previous
     np.testing.assert_array_equal(small, large)

@@ -276,7 +276,7 @@ def normalize(input, p=2.0, dim=1, eps=1e-12):
     if p != 2.0:
         raise ValueError(f"normalize supports p=2 only, got p={p}")
     norm = (x * x).sum(axis=dim, keepdims=True).sqrt()
-    safe = Tensor(np.full(norm.shape, eps, dtype=x.dtype))
+    safe = Tensor(np.full_like(norm.data, eps))  # on x's device
     return x / _maximum(norm, safe)
 
 
@@ -358,8 +358,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     input (N, C_in, H, W), weight (C_out, C_in/groups, k_h, k_w), bias (C_out,) or None.
     padding: an int, a pair, 'valid' (no padding) or 'same' (output as large as the
     input; stride 1 only, an odd total padding puts the extra row/column on the
-    bottom/right, as PyTorch). groups == C_in with C_out a multiple of C_in (> 1)
-    runs the direct depthwise kernel (kernels/depthwise.py).
+    bottom/right, as PyTorch). groups > 1 with few input channels per group
+    (depthwise included; depthwise.runs_direct says how few) runs the direct
+    kernel of kernels/depthwise.py on the CPU.
     """
     x, weight, bias = _check_conv_operands("conv2d", input, weight, bias, groups, weight_in_axis=1)
     c_in, c_out = x.shape[1], weight.shape[0]
@@ -383,7 +384,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     device = _device("conv2d", input=x, weight=weight, bias=bias)
     x_data, w_data = _contiguous(x.data), _contiguous(weight.data)
     b_data = None if bias is None else bias.data
-    if groups == c_in > 1 and c_out % c_in == 0:
+    if device == "cpu" and groups > 1 and depthwise.runs_direct(c_in // groups, kernel_size):
+        y = depthwise.grouped_conv2d_forward(x_data, w_data, b_data, stride, pad, dilation, groups)
+
+        def kernel_backward(g, needs):
+            return depthwise.grouped_conv2d_backward(g, x_data, w_data, stride, pad, dilation, groups, needs)
+    elif groups == c_in > 1 and c_out % c_in == 0:  # the GPU twin (kernels/cuda/depthwise.py) is depthwise only
         y = _on(device, depthwise).depthwise_conv2d_forward(x_data, w_data, b_data, stride, pad, dilation)
 
         def kernel_backward(g, needs):
@@ -696,24 +702,30 @@ def _resample_taps(in_size, out_size, scale_factor, mode, align_corners):
     return [(low, 1.0 - frac), (np.minimum(low + 1, in_size - 1), frac)]
 
 
-def _along(v, axis):
-    """A 1-D per-position vector shaped to broadcast along `axis` (2 or 3) of an NCHW array."""
-    return v.reshape((-1,) + (1,) * (3 - axis))
+def _along(v, axis, like):
+    """A 1-D per-position vector shaped to broadcast along `axis` (2 or 3) of an NCHW array, in `like`'s
+    dtype and on its device."""
+    return cuda.to_device(v.astype(like.dtype), cuda.device_of(like)).reshape((-1,) + (1,) * (3 - axis))
 
 
 def _resample_axis(x, taps, axis):
     """y[..., o, ...] = Σ_taps weight[o]·x[..., src[o], ...]: a gather along `axis`."""
-    return sum(np.take(x, src, axis=axis) * _along(weight.astype(x.dtype), axis) for src, weight in taps)
+    return sum(np.take(x, src, axis=axis) * _along(weight, axis, x) for src, weight in taps)
 
 
 def _resample_axis_adjoint(g, taps, size, axis):
     """The exact adjoint of _resample_axis: grad[..., s, ...] = Σ_{o: src[o] = s} weight[o]·g[..., o, ...]."""
     shape = list(g.shape)
     shape[axis] = size
+    if cuda.device_of(g) != "cpu":  # the same sums as one scatter-add per tap (atomic adds on the device)
+        grad = np.zeros_like(g, shape=shape)
+        for src, weight in taps:
+            np.add.at(grad, (slice(None),) * axis + (src,), g * _along(weight, axis, g))
+        return grad
     grad = np.zeros(shape, dtype=g.dtype)
     for src, weight in taps:
         rows, starts = np.unique(src, return_index=True)  # src is sorted: runs of equal source rows
-        sums = np.add.reduceat(g * _along(weight.astype(g.dtype), axis), starts, axis=axis)
+        sums = np.add.reduceat(g * _along(weight, axis, g), starts, axis=axis)
         index = [slice(None)] * 4
         index[axis] = rows
         grad[tuple(index)] += sums
@@ -780,12 +792,12 @@ def pad(input, pad, mode="constant", value=0):
         src[axis] = slice(max(-before, 0), max(-before, 0) + kept)
         dst[axis] = slice(max(before, 0), max(before, 0) + kept)
     src, dst = tuple(src), tuple(dst)
-    y = np.full(out_shape, value, dtype=x.dtype)
+    y = np.full_like(x.data, value, shape=out_shape)  # on x's device
     y[dst] = x.data[src]
     shape = x.shape
 
     def backward(g):
-        grad = np.zeros(shape, dtype=g.dtype)
+        grad = np.zeros_like(g, shape=shape)
         grad[src] = g[dst]
         return (grad,)
 
@@ -880,7 +892,11 @@ def focal_loss(input, target, alpha=0.25, gamma=2.0, reduction="mean", mode="sig
         g = g.reshape(g.shape + (1,) * (grad.ndim - g.ndim)) if reduction == "none" else g * scale
         return (grad * g,)
 
-    out = loss if reduction == "none" else np.asarray(loss.sum() * scale, dtype=x.dtype)
+    if reduction == "none":
+        out = loss
+    else:
+        out = loss.sum() * scale
+        out = np.asarray(out, dtype=x.dtype) if x.device == "cpu" else out  # NumPy's sum gives a scalar
     return Tensor._make(out, (x,), backward, "focal_loss")
 
 
@@ -891,7 +907,7 @@ def _sigmoid_focal(x, target, alpha, gamma):
         raise ValueError(f"target must have the input's shape {x.shape} in mode='sigmoid', got {t.shape}")
     if t.dtype.kind not in "biuf" or (t.size and (t.min() < 0 or t.max() > 1)):
         raise ValueError("target must hold labels in [0, 1] in mode='sigmoid'")
-    t = t.astype(x.dtype)
+    t = cuda.to_device(t.astype(x.dtype), x.device)  # checked on the host, used on x's device
     p = 0.5 * (1 + np.tanh(0.5 * x.data))       # sigmoid(x)
     one_minus_p = 0.5 * (1 - np.tanh(0.5 * x.data))  # sigmoid(-x), accurate where p ≈ 1
     ce = np.logaddexp(0, x.data) - t * x.data   # -[t·log p + (1-t)·log(1-p)]

@@ -162,7 +162,7 @@ class Tensor:
 
     def numpy(self):
         """The data as a NumPy array: `.data` itself on the CPU, a host copy on 'cuda'."""
-        return self.data if isinstance(self.data, np.ndarray) else self.data.numpy()
+        return self.data.numpy() if isinstance(self.data, DeviceArray) else self.data
 
     def item(self):
         return self.data.item()
@@ -389,7 +389,7 @@ class Tensor:
 
     def clip(self, low=None, high=None):
         x = self.data
-        inside = np.ones(x.shape, dtype=bool)
+        inside = np.ones_like(x, dtype=bool)
         if low is not None:
             inside &= x >= low
         if high is not None:
@@ -465,10 +465,10 @@ class Tensor:
     def __getitem__(self, index):
         if isinstance(index, Tensor):
             index = index.data
-        shape, dtype = self.shape, self.dtype
+        shape, dtype, device = self.shape, self.dtype, self.device
 
         def backward(g):
-            grad = np.zeros(shape, dtype=dtype)
+            grad = np.zeros(shape, dtype=dtype) if device == "cpu" else DeviceArray.full(shape, 0, dtype)
             np.add.at(grad, index, g)  # add.at: repeated indices accumulate
             return (grad,)
 

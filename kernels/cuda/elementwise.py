@@ -11,19 +11,33 @@ axes it is broadcast along (NumPy's broadcasting: a size-1 or missing axis
 repeats). Shapes and strides are padded on the left to MAX_DIMS entries so
 that one compiled kernel serves every rank.
 
-    binary:   out[k] = f(a[k·stride_a], b[k·stride_b])      f in BINARY_OPS
-    scalar:   out[k] = f(a[k], s)  or  f(s, a[k])
-    unary:    out[k] = f(a[k])                               f in UNARY_OPS
-    permute:  out[k] = a[Σ_d k_d·stride_a[axes[d]]]          (a transpose, as a gather)
-    reduce:   out[r] = Σ_l a[r, l]   or   max_l a[r, l]      (a viewed (R, L))
+    binary:    out[k] = f(a[k·stride_a], b[k·stride_b])      f in BINARY_OPS
+    scalar:    out[k] = f(a[k], s)  or  f(s, a[k])
+    predicate: out[k] = p(a[k·stride_a], b[k·stride_b])      p in PREDICATE_OPS, out bool
+    where:     out[k] = a[k·stride_a] if cond[k·stride_c] else b[k·stride_b]
+    unary:     out[k] = f(a[k])                               f in UNARY_OPS
+    gather:    out[k] = a[offset + Σ_d k_d·step_d]            (a strided view or a transpose, copied)
+    scatter:   out[offset + Σ_d k_d·step_d] (+)= src[k]       (its adjoint: assignment into a view)
+    take_rows: out[i, l] = a[rows[i], l]                       (integer-array indexing, a viewed (R, L))
+    put_rows:  out[rows[i], l] = src[i, l]                     (assignment through it; rows distinct)
+    add_rows:  out[rows[i], l] += src[i, l]                    (its adjoint, np.add.at)
+    reduce:    out[r] = Σ_l a[r, l]   or   max_l a[r, l]      (a viewed (R, L))
 
-Comparisons give 1.0 / 0.0 in the operands' dtype (NumPy gives booleans);
-the tape only ever multiplies by such masks, which is the same arithmetic.
+gather covers every basic NumPy index (ints, slices with any step,
+negative ones included, None, ...): such a view of a C-contiguous array is
+an offset plus one (possibly negative or zero) element step per axis, and
+`transpose(axes)` is the view with the steps permuted. A view never names
+one element twice, so scatter's writes are disjoint: no atomics. add_rows
+is the one inherent scatter (repeated row indices accumulate, as
+np.add.at), so it uses cuda.atomic.add (float64 atomics need sm_60+).
+Comparisons and logical and/or/xor give booleans, as NumPy.
 
-Thread mapping. binary / scalar / unary / permute: one thread per output
-element. reduce: one block per output value, each thread folds a strided
-slice of the row into a float64 partial, then a shared-memory tree combines
-the partials (as device.block_sum: deterministic, no atomics).
+Thread mapping. binary / scalar / predicate / where / unary / gather /
+take_rows: one thread per output element; scatter / put_rows / add_rows:
+one thread per source element. reduce: one block per output value, each thread folds
+a strided slice of the row into a float64 partial, then a shared-memory
+tree combines the partials (as device.block_sum: deterministic, no
+atomics).
 
 >>> import numpy as np
 >>> out = empty((2, 3), np.float64)
@@ -39,9 +53,10 @@ from numba import cuda
 from kernels.cuda.device import REDUCE_THREADS, THREADS, blocks, empty, flat, to_device
 
 MAX_DIMS = 6
-BINARY_OPS = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum",
-              "greater", "greater_equal", "less", "less_equal", "equal", "not_equal", "right")
-UNARY_OPS = ("copy", "negative", "exp", "log", "sqrt", "tanh", "abs", "sign")
+BINARY_OPS = ("add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "logaddexp", "right")
+PREDICATE_OPS = ("greater", "greater_equal", "less", "less_equal", "equal", "not_equal",
+                 "logical_and", "logical_or", "logical_xor")
+UNARY_OPS = ("copy", "negative", "exp", "log", "sqrt", "tanh", "abs", "sign", "expm1")
 REDUCE_OPS = ("sum", "max")
 
 
@@ -87,15 +102,80 @@ def unary(op, a, out):
     return out
 
 
-def permute(a, axes, out):
-    """out = a.transpose(axes), a C-contiguous copy."""
+def predicate(op, a, b, out):
+    """out = op(a, b) as booleans (comparisons, logical and/or/xor), with NumPy broadcasting."""
+    a, b = to_device(a), to_device(b)
+    _predicate_kernel[blocks(out.size), THREADS](flat(a), broadcast_strides(a.shape, out.shape), flat(b),
+                                                 broadcast_strides(b.shape, out.shape), padded(out.shape, 1),
+                                                 PREDICATE_OPS.index(op), flat(out))
+    return out
+
+
+def where(cond, a, b, out):
+    """out = a where cond else b, the three broadcast to out's shape (np.where)."""
+    cond, a, b = to_device(cond), to_device(a), to_device(b)
+    _where_kernel[blocks(out.size), THREADS](flat(cond), broadcast_strides(cond.shape, out.shape), flat(a),
+                                             broadcast_strides(a.shape, out.shape), flat(b),
+                                             broadcast_strides(b.shape, out.shape), padded(out.shape, 1), flat(out))
+    return out
+
+
+def logical_not(a, out):
+    """out = not a (booleans)."""
     a = to_device(a)
-    strides, step = [0] * a.ndim, 1
-    for d in range(a.ndim - 1, -1, -1):
+    _logical_not_kernel[blocks(out.size), THREADS](flat(a), flat(out))
+    return out
+
+
+def contiguous_strides(shape):
+    """Element strides of a C-contiguous array of `shape`."""
+    strides, step = [0] * len(shape), 1
+    for d in range(len(shape) - 1, -1, -1):
         strides[d] = step
-        step *= a.shape[d]
-    _permute_kernel[blocks(out.size), THREADS](flat(a), padded([strides[d] for d in axes], 0), padded(out.shape, 1),
-                                               flat(out))
+        step *= shape[d]
+    return strides
+
+
+def gather(a, offset, steps, out):
+    """out[k] = a.flat[offset + Σ_d k_d·steps[d]]: a strided view of `a` copied into out (steps per out axis)."""
+    a = to_device(a)
+    _gather_kernel[blocks(out.size), THREADS](flat(a), int(offset), padded(steps, 0), padded(out.shape, 1),
+                                              flat(out))
+    return out
+
+
+def scatter(src, offset, steps, out, accumulate=False):
+    """out.flat[offset + Σ_d k_d·steps[d]] = src[k] (+= with accumulate), in place; the view must not repeat."""
+    src = to_device(src)
+    _scatter_kernel[blocks(src.size), THREADS](flat(src), int(offset), padded(steps, 0), padded(src.shape, 1),
+                                               bool(accumulate), flat(out))
+    return out
+
+
+def permute(a, axes, out):
+    """out = a.transpose(axes), a C-contiguous copy (a gather whose steps are a's strides, permuted)."""
+    strides = contiguous_strides(a.shape)
+    return gather(a, 0, [strides[d] for d in axes], out)
+
+
+def take_rows(a, rows, out):
+    """out[i, l] = a[rows[i], l] for a (R, L), rows (I,) int64, out (I, L)."""
+    a, rows = to_device(a), to_device(rows)
+    _take_rows_kernel[blocks(out.size), THREADS](a, rows, out)
+    return out
+
+
+def put_rows(src, rows, out):
+    """out[rows[i], l] = src[i, l], in place; the rows must be distinct (the caller checks)."""
+    src, rows = to_device(src), to_device(rows)
+    _put_rows_kernel[blocks(src.size), THREADS](src, rows, out)
+    return out
+
+
+def add_rows(src, rows, out):
+    """out[rows[i], l] += src[i, l], in place, repeated rows accumulating (np.add.at); atomic adds."""
+    src, rows = to_device(src), to_device(rows)
+    _add_rows_kernel[blocks(src.size), THREADS](src, rows, out)
     return out
 
 
@@ -125,19 +205,33 @@ def _apply(op, a, b):
         return a if a >= b or a != a else b  # NaN propagates, as np.maximum
     if op == 6:
         return a if a <= b or a != a else b
-    if op == 7:
-        return 1.0 if a > b else 0.0
-    if op == 8:
-        return 1.0 if a >= b else 0.0
-    if op == 9:
-        return 1.0 if a < b else 0.0
-    if op == 10:
-        return 1.0 if a <= b else 0.0
-    if op == 11:
-        return 1.0 if a == b else 0.0
-    if op == 12:
-        return 1.0 if a != b else 0.0
+    if op == 7:  # log(e^a + e^b) = max + log1p(e^-|a - b|); equal arguments (±inf included) give a + log 2
+        if a == b:
+            return a + math.log(2.0)
+        return (a if a > b else b) + math.log1p(math.exp(-abs(a - b)))
     return b  # "right": broadcast_to and in-place assignment
+
+
+@cuda.jit(device=True)
+def _predicate(op, a, b):
+    # the PREDICATE_OPS, by position; always a boolean
+    if op == 0:
+        return a > b
+    if op == 1:
+        return a >= b
+    if op == 2:
+        return a < b
+    if op == 3:
+        return a <= b
+    if op == 4:
+        return a == b
+    if op == 5:
+        return a != b
+    if op == 6:
+        return a != 0 and b != 0
+    if op == 7:
+        return a != 0 or b != 0
+    return (a != 0) != (b != 0)
 
 
 @cuda.jit
@@ -152,6 +246,45 @@ def _binary_kernel(a, a_strides, b, b_strides, shape, op, out):
             ia += k * a_strides[d]
             ib += k * b_strides[d]
         out[idx] = _apply(op, a[ia], b[ib])
+
+
+@cuda.jit
+def _predicate_kernel(a, a_strides, b, b_strides, shape, op, out):
+    # as _binary_kernel; out is boolean
+    idx = cuda.grid(1)
+    if idx < out.size:
+        rest, ia, ib = idx, 0, 0
+        for d in range(MAX_DIMS - 1, -1, -1):
+            k = rest % shape[d]
+            rest //= shape[d]
+            ia += k * a_strides[d]
+            ib += k * b_strides[d]
+        out[idx] = _predicate(op, a[ia], b[ib])
+
+
+@cuda.jit
+def _where_kernel(cond, c_strides, a, a_strides, b, b_strides, shape, out):
+    # three broadcast operands; one thread per out element
+    idx = cuda.grid(1)
+    if idx < out.size:
+        rest, ic, ia, ib = idx, 0, 0, 0
+        for d in range(MAX_DIMS - 1, -1, -1):
+            k = rest % shape[d]
+            rest //= shape[d]
+            ic += k * c_strides[d]
+            ia += k * a_strides[d]
+            ib += k * b_strides[d]
+        if cond[ic]:
+            out[idx] = a[ia]
+        else:
+            out[idx] = b[ib]
+
+
+@cuda.jit
+def _logical_not_kernel(a, out):
+    idx = cuda.grid(1)
+    if idx < out.size:
+        out[idx] = not a[idx]
 
 
 @cuda.jit
@@ -184,20 +317,67 @@ def _unary_kernel(a, op, out):
             out[idx] = math.tanh(v)
         elif op == 6:
             out[idx] = abs(v)
-        else:
+        elif op == 7:
             out[idx] = (v > 0) - (v < 0) if v == v else v
+        else:
+            out[idx] = math.expm1(v)
 
 
 @cuda.jit
-def _permute_kernel(a, a_strides, shape, out):
-    # out (shape) C-contiguous; a_strides[d]: a's stride along out's axis d
+def _gather_kernel(a, offset, steps, shape, out):
+    # out (shape) C-contiguous; steps[d]: how far a moves along out's axis d (may be 0 or negative)
     idx = cuda.grid(1)
     if idx < out.size:
-        rest, ia = idx, 0
+        rest, ia = idx, offset
         for d in range(MAX_DIMS - 1, -1, -1):
-            ia += (rest % shape[d]) * a_strides[d]
+            ia += (rest % shape[d]) * steps[d]
             rest //= shape[d]
         out[idx] = a[ia]
+
+
+@cuda.jit
+def _scatter_kernel(src, offset, steps, shape, accumulate, out):
+    # src (shape) C-contiguous; the same index maths as _gather_kernel, read and write swapped
+    idx = cuda.grid(1)
+    if idx < src.size:
+        rest, io = idx, offset
+        for d in range(MAX_DIMS - 1, -1, -1):
+            io += (rest % shape[d]) * steps[d]
+            rest //= shape[d]
+        if accumulate:
+            out[io] += src[idx]
+        else:
+            out[io] = src[idx]
+
+
+@cuda.jit
+def _take_rows_kernel(a, rows, out):
+    # a (R, L), rows (I,), out (I, L); one thread per out element
+    idx = cuda.grid(1)
+    if idx < out.size:
+        L = out.shape[1]
+        i, l = idx // L, idx % L
+        out[i, l] = a[rows[i], l]
+
+
+@cuda.jit
+def _put_rows_kernel(src, rows, out):
+    # src (I, L), rows (I,) distinct, out (R, L); one thread per src element, disjoint writes
+    idx = cuda.grid(1)
+    if idx < src.size:
+        L = src.shape[1]
+        i, l = idx // L, idx % L
+        out[rows[i], l] = src[i, l]
+
+
+@cuda.jit
+def _add_rows_kernel(src, rows, out):
+    # src (I, L), rows (I,), out (R, L); one thread per src element; rows may repeat, hence atomics
+    idx = cuda.grid(1)
+    if idx < src.size:
+        L = src.shape[1]
+        i, l = idx // L, idx % L
+        cuda.atomic.add(out, (rows[i], l), src[i, l])
 
 
 @cuda.jit
