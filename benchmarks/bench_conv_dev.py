@@ -3,6 +3,7 @@
 Usage (from the repository root):
 
     python benchmarks/bench_conv_dev.py                 # every layer, 2 threads, 15 timed repeats
+    python benchmarks/bench_conv_dev.py --layers r20_16 r20_32 r20_64 r20_s2   # ResNet-20's layers
     python benchmarks/bench_conv_dev.py --layers 3x3 1x1 --repeats 30 --threads 1
     python benchmarks/bench_conv_dev.py --no-memory --no-compile
 
@@ -54,6 +55,11 @@ LAYERS = {
     "g8": ("conv", 64, 128, 128, 16, 3, 1, 1, 1, 8),
     "d2": ("conv", 64, 64, 64, 32, 3, 1, 2, 2, 1),
     "t4x4s2": ("transpose", 64, 64, 32, 16, 4, 2, 1, 1, 1),
+    # ResNet-20's convolutions at batch 128 (issue 6): few channels, small planes
+    "r20_16": ("conv", 128, 16, 16, 32, 3, 1, 1, 1, 1),
+    "r20_32": ("conv", 128, 32, 32, 16, 3, 1, 1, 1, 1),
+    "r20_64": ("conv", 128, 64, 64, 8, 3, 1, 1, 1, 1),
+    "r20_s2": ("conv", 128, 16, 32, 32, 3, 2, 1, 1, 1),
 }
 
 

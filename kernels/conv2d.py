@@ -1,4 +1,4 @@
-"""conv2d: 2-D convolution (cross-correlation, as in every deep-learning library) via im2col + GEMM.
+"""conv2d: 2-D convolution (cross-correlation, as in every deep-learning library) as GEMMs.
 
 Notation: x (N, C_in, H, W) input; weight (C_out, C_in/G, k_h, k_w) with G
 groups; bias (C_out,) or None; stride s, padding pad, dilation d per axis.
@@ -16,35 +16,66 @@ group's input channels of sample n (kernels/im2col.py):
 
     Y[n, g] (C_out/G, out_h·out_w) = W[g] (C_out/G, C_in/G·k_h·k_w) · cols[n, g] (C_in/G·k_h·k_w, out_h·out_w)
 
-so one GEMM per (sample, group) writes the NCHW output in place: no
-transpose back. Gradients (L the loss, grad_output = ∂L/∂y):
+Gradients (L the loss, grad_output = ∂L/∂y):
 
     grad_input[n, g]  = col2im(W[g]ᵀ · grad_output[n, g])     (= conv_transpose2d(grad_output, w))
     grad_weight[g]    = Σ_n grad_output[n, g] · cols[n, g]ᵀ    (= grad_output ⋆ x)
     grad_bias         = Σ_{n, i, j} grad_output[n, :, i, j]
 
-A 1x1 convolution with stride 1 and no padding needs no im2col: cols[n, g]
-is x[n, g] itself, seen as (C_in/G, H·W).
+Three routes compute these GEMMs (_route), all through kernels/blas.py's gemm:
+
+* im2col, exactly the formulas above; Y is written in place into the
+  NCHW output.
+* pointwise (1x1, stride 1, no padding): cols[n, g] is x[n, g] itself,
+  seen as (C_in/G, H·W): no copy.
+* shifted windows: no im2col at all. Pad the sample and flatten its
+  pixels row by row, rows `width` = out_w + d_w·(k_w - 1) long, channels
+  last: pixels (rows, C_in/G). At stride 1 output pixel (i, j), numbered
+  e = i·width + j, reads tap (p, q) at pixel e + p·d_h·width + q·d_w:
+  every tap is one shift of the same numbering, so
+
+      Y_ext (out_h·width, C_out/G) = Σ_{p, q} pixels[shift_pq : shift_pq + out_h·width] · W[g, :, :, p, q]ᵀ
+
+  is k_h·k_w GEMMs with K = C_in/G on windows of one buffer (BLAS's
+  leading dimension does the slicing), accumulated by BLAS (beta = 1).
+  The last width - out_w pixels of every row of Y_ext wrap around into
+  the next row: junk, dropped when Y_ext is copied into y. At stride s the
+  padded sample is first split into s_h·s_w phases (the pixels with
+  h ≡ r_h, w ≡ r_w mod s): tap (p, q) then reads one phase at a stride-1
+  shift (kernels/im2col.py's shifted_geometry, tap_start), with rows
+  width = out_w + d_w·(k_w - 1) // s_w long.
+  At stride 1 grad_input is a convolution of grad_output with the kernel
+  rotated by 180° and padding d·(k - 1) - pad, so it takes the same kernel;
+  and grad_weight uses the "extended" columns
+  cols_ext[(c, p, q), e] = planes[c, e + shift_pq] (one contiguous copy
+  per row, no boundary tests) against grad_output spread to rows `width`
+  long with zeros in the junk columns.
+
+_route picks one per pass: pointwise where it applies, else shifted
+windows, except im2col for the forward and grad_input with fewer than
+_SHIFTED_MIN_CHANNELS input channels a group (K = C_in/G is then too small
+for BLAS), and col2im / im2col for grad_input and grad_weight at stride > 1.
 
 Threads: the (sample, group) work items are cut into B contiguous blocks,
 B = min(N·G, NUMBA_NUM_THREADS), and one prange runs over the blocks. Each
-block builds one item's columns at a time into its own buffer, reused for
-all its items, and calls a single-threaded GEMM (np.dot inside the jitted
-code: SciPy's OpenBLAS, pinned to 1 thread when `tinyconv` is imported, see
-tinyconv/threads.py), writing only its own items' outputs. grad_weight sums
-into one private accumulator per block (fewer blocks when B copies of the
-weight would pass _PARTIAL_BYTES), and the accumulators are added up after
-the loop in block order: no races, and since B does not depend on
-set_num_threads, the same answer bit for bit at any thread count.
-Memory: one item's columns per block, (C_in/G·k_h·k_w, out_h·out_w), never
-the whole batch's. The work is parallel over samples and groups only: a
-batch of one with groups=1 runs on one thread; so does any convolution
+block copies one item at a time into its own buffers, reused for all its
+items, and calls a single-threaded GEMM (SciPy's OpenBLAS, pinned to 1
+thread when `tinyconv` is imported, see tinyconv/threads.py), writing only
+its own items' outputs. grad_weight sums into one private accumulator per
+block (fewer blocks when B copies of the weight would pass _PARTIAL_BYTES),
+and the accumulators are added up after the loop in block order: no races,
+and since B does not depend on set_num_threads, the same answer bit for bit
+at any thread count. Memory: one item's columns or padded planes per block,
+never the whole batch's. The work is parallel over samples and groups only:
+a batch of one with groups=1 runs on one thread; so does any convolution
 below _SERIAL_MULTIPLY_ADDS, where waking threads would cost more.
 
 >>> import numpy as np
 >>> x, w = np.ones((2, 4, 8, 8)), np.ones((6, 2, 3, 3))
 >>> conv2d_forward(x, w, None, (2, 2), (1, 1), (1, 1), 2).shape
 (2, 6, 4, 4)
+>>> conv2d_forward(np.ones((2, 16, 8, 8)), np.ones((4, 16, 3, 3)), None, (1, 1), (1, 1), (1, 1), 1)[0, 0, 0, :3]
+array([64., 96., 96.])
 """
 from contextlib import contextmanager
 
@@ -52,10 +83,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels.im2col import col2im_sample, conv_output_size, im2col_sample
+from kernels.blas import gemm
+from kernels.im2col import (col2im_sample, conv_output_size, copy_1d, extended_im2col_sample, im2col_sample,
+                            pixel_major_sample, shifted_geometry, shifted_runs, tap_start)
 
 _SERIAL_MULTIPLY_ADDS = 2**20  # below this (~0.02 ms of GEMM on one core), one thread: see _serial_if_small
 _PARTIAL_BYTES = 64 * 2**20  # at most this much memory for grad_weight's per-block accumulators (or one)
+_SHIFTED_MIN_CHANNELS = 8  # stride-1 forward / grad_input by shifted windows from this many C_in/G (see _route)
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
@@ -87,26 +121,39 @@ def _conv2d(x, weight, bias, out_size, stride, padding, dilation, groups):
     c_out = weight.shape[0]
     y = np.empty((n, c_out) + tuple(out_size), dtype=x.dtype)
     bias = np.zeros(c_out, dtype=x.dtype) if bias is None else bias  # added in cache: one signature either way
+    bias = np.ascontiguousarray(bias, dtype=x.dtype).reshape(groups, -1)                     # (G, O/G)
+    geometry = _geometry(weight.shape[2:], stride, padding, dilation, out_size, (h, w))
     with _serial_if_small(n * c_out * weight[0].size * out_size[0] * out_size[1]):
-        _forward_kernel(_grouped_input(x, groups),
-                        np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1),  # (G, O/G, C_in/G·k_h·k_w)
-                        np.ascontiguousarray(bias, dtype=x.dtype).reshape(groups, -1),      # (G, O/G)
-                        y.reshape(n, groups, c_out // groups, -1),                           # (N, G, O/G, L)
-                        *_geometry(weight.shape[2:], stride, padding, dilation, out_size, (h, w)), _blocks(n * groups))
+        if _route("forward", stride, geometry, weight.shape[1]) == _SHIFTED:
+            _shifted_kernel(_grouped_input(x, groups), _taps(weight, groups, flip=False), bias,
+                            _grouped_input(y, groups), padding[0], padding[1], stride[0], stride[1], dilation[0],
+                            dilation[1], _blocks(n * groups))
+        else:
+            _forward_kernel(_grouped_input(x, groups),
+                            np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1),  # (G, O/G, C_in/G·k_h·k_w)
+                            bias, y.reshape(n, groups, c_out // groups, -1),                     # (N, G, O/G, L)
+                            *geometry, _blocks(n * groups))
     return y
 
 
 def _conv2d_grad_input(grad_output, weight, x_shape, stride, padding, dilation, groups):
-    """grad_input = col2im(Wᵀ · grad_output) per (sample, group) (conv_transpose2d's forward)."""
+    """grad_input = col2im(Wᵀ · grad_output) per (sample, group) (conv_transpose2d's forward). At stride 1
+    that is a convolution of grad_output with the kernel rotated by 180° and padding d·(k - 1) - pad."""
     n, c_out = grad_output.shape[:2]
+    k_h, k_w = weight.shape[2:]
     grad_input = np.empty(x_shape, dtype=grad_output.dtype)
-    w_t = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1).transpose(0, 2, 1)
+    geometry = _geometry(weight.shape[2:], stride, padding, dilation, grad_output.shape[2:], x_shape[2:])
     with _serial_if_small(grad_output.size * weight[0].size):
-        _grad_input_kernel(np.ascontiguousarray(grad_output).reshape(n, groups, c_out // groups, -1),  # (N, G, O/G, L)
-                           np.ascontiguousarray(w_t),                                     # (G, C_in/G·k_h·k_w, O/G)
-                           _grouped_input(grad_input, groups),
-                           *_geometry(weight.shape[2:], stride, padding, dilation, grad_output.shape[2:], x_shape[2:]),
-                           _blocks(n * groups))
+        if _route("grad_input", stride, geometry, weight.shape[1]) == _SHIFTED:
+            _shifted_kernel(_grouped_input(grad_output, groups), _taps(weight, groups, flip=True),
+                            np.zeros((groups, x_shape[1] // groups), dtype=grad_output.dtype),
+                            _grouped_input(grad_input, groups), dilation[0] * (k_h - 1) - padding[0],
+                            dilation[1] * (k_w - 1) - padding[1], 1, 1, dilation[0], dilation[1], _blocks(n * groups))
+        else:
+            w_t = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1).transpose(0, 2, 1)
+            _grad_input_kernel(np.ascontiguousarray(grad_output).reshape(n, groups, c_out // groups, -1),  # (N, G, O/G, L)
+                               np.ascontiguousarray(w_t),                                 # (G, C_in/G·k_h·k_w, O/G)
+                               _grouped_input(grad_input, groups), *geometry, _blocks(n * groups))
     return grad_input
 
 
@@ -118,10 +165,10 @@ def _conv2d_grad_weight(grad_output, x, weight_shape, stride, padding, dilation,
     weight_bytes = int(np.prod(weight_shape)) * x.itemsize
     blocks = max(1, min(_blocks(n * groups), _PARTIAL_BYTES // weight_bytes))  # bounded memory, still fixed
     partial = np.zeros((blocks, groups, int(np.prod(weight_shape[1:])), c_out // groups), dtype=x.dtype)
+    geometry = _geometry(weight_shape[2:], stride, padding, dilation, grad_output.shape[2:], x.shape[2:])
     with _serial_if_small(grad_output.size * int(np.prod(weight_shape[1:]))):
-        _grad_weight_kernel(np.ascontiguousarray(grad_output).reshape(n, groups, c_out // groups, -1),  # (N, G, O/G, L)
-                            _grouped_input(x, groups), partial,
-                            *_geometry(weight_shape[2:], stride, padding, dilation, grad_output.shape[2:], x.shape[2:]))
+        _grad_weight_kernel(_grouped_input(grad_output, groups), _grouped_input(x, groups), partial,
+                            *geometry[:-1], _route("grad_weight", stride, geometry, weight_shape[1]))
     grad_weight_t = partial[0]                                                # (G, C_in/G·k_h·k_w, O/G)
     for b in range(1, blocks):  # block order: the same sum at any thread count
         grad_weight_t += partial[b]
@@ -132,6 +179,16 @@ def _grouped_input(x, groups):
     """x (N, C, H, W) seen as (N, G, C/G, H, W), so x[n, g] is one (sample, group) work item's input."""
     n, c, h, w = x.shape
     return np.ascontiguousarray(x).reshape(n, groups, c // groups, h, w)  # (N, G, C/G, H, W)
+
+
+def _taps(weight, groups, flip):
+    """The weight as one (C/G, O/G) GEMM operand per group and tap: (G, k_h, k_w, C/G, O/G). With flip, the
+    adjoint's: kernel rotated by 180°, roles of C and O swapped, (G, k_h, k_w, O/G, C/G)."""
+    c_out, c_group, k_h, k_w = weight.shape
+    w = np.asarray(weight).reshape(groups, c_out // groups, c_group, k_h, k_w)  # (G, O/G, C/G, k_h, k_w)
+    if flip:
+        return np.ascontiguousarray(w[:, :, :, ::-1, ::-1].transpose(0, 3, 4, 1, 2))  # (G, k_h, k_w, O/G, C/G)
+    return np.ascontiguousarray(w.transpose(0, 3, 4, 2, 1))                          # (G, k_h, k_w, C/G, O/G)
 
 
 def _geometry(kernel_size, stride, padding, dilation, out_size, in_size):
@@ -148,6 +205,24 @@ def _geometry(kernel_size, stride, padding, dilation, out_size, in_size):
                  and tuple(in_size) == tuple(out_size))   # 1x1, unpadded, stride 1: im2col would copy x unchanged
     return (kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
             out_size[0], out_size[1], pointwise)
+
+
+_IM2COL, _POINTWISE, _SHIFTED = 0, 1, 2
+
+
+def _route(pass_, stride, geometry, c_group):
+    """Which GEMMs for pass_ ("forward", "grad_input" or "grad_weight"): x itself as the columns (pointwise),
+    shifted windows, or im2col. Measured on this machine's OpenBLAS:
+    * the shifted forward's (and grad_input's) GEMMs have K = C_in/G (grad_input's N = C_in/G): with fewer
+      than _SHIFTED_MIN_CHANNELS input channels a group, im2col's K = C_in/G·k_h·k_w is faster;
+    * grad_input by shifted windows needs stride 1 (it is a convolution only then);
+    * grad_weight's extended columns at stride > 1 are slower than im2col's (phases of short runs), so
+      the forward alone splits strided samples into phases."""
+    if geometry[-1]:
+        return _POINTWISE
+    if pass_ != "grad_weight" and c_group < _SHIFTED_MIN_CHANNELS:
+        return _IM2COL
+    return _SHIFTED if pass_ == "forward" or tuple(stride) == (1, 1) else _IM2COL
 
 
 @contextmanager
@@ -181,22 +256,57 @@ def _block(b, blocks, items):
 
 
 @njit(cache=True, parallel=True)
+def _shifted_kernel(x, taps, bias, y, pad_top, pad_left, stride_h, stride_w, dil_h, dil_w, blocks):
+    # x (N, G, C/G, H, W); taps (G, k_h, k_w, C/G, O/G); bias (G, O/G); y (N, G, O/G, out_h, out_w).
+    # Per item: y_ext (out_h·width, O/G) = Σ_{p,q} pixels[start_pq : start_pq + out_h·width] · taps[g, p, q],
+    # pixels (rows, C/G) the padded sample (kernels/im2col.py's shifted_geometry); y = the first out_w
+    # pixels of every `width` long row of y_ext
+    n_batch, groups, c_group = x.shape[:3]
+    k_h, k_w, _, o_group = taps.shape[1:]
+    out_h, out_w = y.shape[3:]
+    width, phase_size = shifted_geometry(k_h, k_w, stride_h, stride_w, dil_h, dil_w, out_h, out_w)
+    runs = shifted_runs(x.shape[3], x.shape[4], pad_top, pad_left, stride_h, stride_w, width, phase_size)
+    length = out_h * width
+    for b in prange(blocks):
+        pixels = np.zeros((stride_h * stride_w * phase_size, c_group), dtype=x.dtype)  # this block's own
+        y_ext = np.empty((length, o_group), dtype=x.dtype)                             # buffers; padding stays 0
+        lo, hi = _block(b, blocks, n_batch * groups)
+        for item in range(lo, hi):
+            n, g = item // groups, item % groups
+            pixel_major_sample(x[n, g], pixels, runs, stride_w)
+            for p in range(k_h):
+                for q in range(k_w):  # (length, O/G) += (length, C/G) · (C/G, O/G): a window of pixels' rows
+                    start = tap_start(p, q, stride_h, stride_w, dil_h, dil_w, width, phase_size)
+                    gemm(False, False, length, o_group, c_group, 1.0, pixels.ravel(), start * c_group, c_group,
+                         taps[g, p, q].ravel(), 0, o_group, 0.0 if p + q == 0 else 1.0, y_ext.ravel(), 0, o_group)
+            for i in range(out_h):
+                source = y_ext[i * width:i * width + out_w]  # (out_w, O/G): a view, so no negative-index checks
+                for o in range(o_group):
+                    target = y[n, g, o, i]
+                    for j in range(out_w):
+                        target[j] = source[j, o] + bias[g, o]
+
+
+@njit(cache=True, parallel=True)
 def _forward_kernel(x, weight, bias, y, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w,
                     pointwise, blocks):
     # x (N, G, C_in/G, H, W); weight (G, O/G, C_in/G·k_h·k_w); bias (G, O/G); y (N, G, O/G, out_h·out_w)
     n_batch, groups, c_group, height, width = x.shape
+    k, length = weight.shape[2], out_h * out_w
     for b in prange(blocks):
-        cols = np.empty((0 if pointwise else weight.shape[2], out_h * out_w), dtype=x.dtype)  # this block's own
+        cols = np.empty((0 if pointwise else k, length), dtype=x.dtype)  # this block's own
         lo, hi = _block(b, blocks, n_batch * groups)
         for item in range(lo, hi):
             n, g = item // groups, item % groups
-            if pointwise:
-                np.dot(weight[g], x[n, g].reshape(c_group, height * width), y[n, g])
-            else:
+            columns = x[n, g].ravel()
+            if not pointwise:
                 im2col_sample(x[n, g], cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w)
-                np.dot(weight[g], cols, y[n, g])  # (O/G, L) = (O/G, C_in/G·k_h·k_w) · (C_in/G·k_h·k_w, L)
+                columns = cols.ravel()
+            # (O/G, L) = (O/G, C_in/G·k_h·k_w) · (C_in/G·k_h·k_w, L)
+            gemm(False, False, y.shape[2], length, k, 1.0, weight[g].ravel(), 0, k, columns, 0, length, 0.0,
+                 y[n, g].ravel(), 0, length)
             for o in range(y.shape[2]):  # scalar loops: an array expression here compiles ~2 s slower (measured)
-                for pixel in range(y.shape[3]):
+                for pixel in range(length):
                     y[n, g, o, pixel] += bias[g, o]
 
 
@@ -204,46 +314,62 @@ def _forward_kernel(x, weight, bias, y, k_h, k_w, stride_h, stride_w, pad_h, pad
 def _grad_input_kernel(grad_output, w_t, grad_input, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                        out_h, out_w, pointwise, blocks):
     # grad_output (N, G, O/G, out_h·out_w); w_t (G, C_in/G·k_h·k_w, O/G); grad_input (N, G, C_in/G, H, W)
-    n_batch, groups, c_group, height, width = grad_input.shape
+    n_batch, groups = grad_input.shape[:2]
+    k, o_group, length = w_t.shape[1], w_t.shape[2], out_h * out_w
     for b in prange(blocks):
-        cols = np.empty((0 if pointwise else w_t.shape[1], out_h * out_w), dtype=grad_output.dtype)
+        cols = np.empty((0 if pointwise else k, length), dtype=grad_output.dtype)
         lo, hi = _block(b, blocks, n_batch * groups)
         for item in range(lo, hi):
             n, g = item // groups, item % groups
-            if pointwise:
-                np.dot(w_t[g], grad_output[n, g], grad_input[n, g].reshape(c_group, height * width))
-            else:
-                np.dot(w_t[g], grad_output[n, g], cols)  # (C_in/G·k_h·k_w, L) = (C_in/G·k_h·k_w, O/G) · (O/G, L)
+            columns = grad_input[n, g].ravel() if pointwise else cols.ravel()
+            # (C_in/G·k_h·k_w, L) = (C_in/G·k_h·k_w, O/G) · (O/G, L)
+            gemm(False, False, k, length, o_group, 1.0, w_t[g].ravel(), 0, o_group, grad_output[n, g].ravel(), 0,
+                 length, 0.0, columns, 0, length)
+            if not pointwise:
                 col2im_sample(cols, grad_input[n, g], k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                               out_h, out_w)
 
 
 @njit(cache=True, parallel=True)
 def _grad_weight_kernel(grad_output, x, partial, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                        out_h, out_w, pointwise):
-    # grad_output (N, G, O/G, out_h·out_w); x (N, G, C_in/G, H, W); partial (B, G, C_in/G·k_h·k_w, O/G):
-    # block b sums its items into partial[b] only. grad_weight[g]ᵀ = Σ cols · grad_outputᵀ: this
-    # orientation of the GEMM runs ~15% faster in OpenBLAS than grad_output · colsᵀ (measured)
-    n_batch, groups, c_group, height, width = x.shape
-    blocks = partial.shape[0]
+                        out_h, out_w, route):
+    # grad_output (N, G, O/G, out_h, out_w); x (N, G, C_in/G, H, W); partial (B, G, C_in/G·k_h·k_w, O/G):
+    # block b sums its items into partial[b] only, grad_weight[g]ᵀ += cols · grad_outputᵀ (this orientation
+    # runs fastest in OpenBLAS, measured). The shifted route (stride 1 only) has the extended columns, `width`
+    # pixels a row of which the last (width - out_w) are junk, and grad_output copied out with zeros there
+    n_batch, groups, o_group = grad_output.shape[:3]
+    blocks, k = partial.shape[0], partial.shape[2]
+    shifted = route == _SHIFTED
+    width, phase_size = shifted_geometry(k_h, k_w, stride_h, stride_w, dil_h, dil_w, out_h, out_w)
+    runs = shifted_runs(x.shape[3], x.shape[4], pad_h, pad_w, stride_h, stride_w, width, phase_size)
+    length = out_h * width if shifted else out_h * out_w  # (reassigning width instead: 10% slower, measured)
     for b in prange(blocks):
-        cols = np.empty((0 if pointwise else partial.shape[2], out_h * out_w), dtype=x.dtype)
-        product = np.empty(partial.shape[2:], dtype=x.dtype)  # (C_in/G·k_h·k_w, O/G)
+        cols = np.empty((0 if route == _POINTWISE else k, length), dtype=x.dtype)  # this block's own
+        planes = np.zeros((x.shape[2] if shifted else 0, phase_size), dtype=x.dtype)
+        grad_ext = np.zeros((o_group if shifted else 0, length), dtype=x.dtype)  # padding, junk columns stay 0
         lo, hi = _block(b, blocks, n_batch * groups)
         for item in range(lo, hi):
             n, g = item // groups, item % groups
-            if pointwise:
-                np.dot(x[n, g].reshape(c_group, height * width), grad_output[n, g].T, product)
-            else:
+            columns, grads = x[n, g].ravel(), grad_output[n, g].ravel()
+            if shifted:
+                extended_im2col_sample(x[n, g], planes, cols, runs, k_h, k_w, dil_h, dil_w, width)
+                for o in range(o_group):
+                    for i in range(out_h):
+                        copy_1d(grad_output[n, g, o, i], grad_ext[o, i * width:i * width + out_w])
+                columns, grads = cols.ravel(), grad_ext.ravel()
+            elif route == _IM2COL:
                 im2col_sample(x[n, g], cols, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, out_h, out_w)
-                np.dot(cols, grad_output[n, g].T, product)  # (C_in/G·k_h·k_w, L) · (L, O/G)
-            _accumulate(partial[b, g], product)
+                columns = cols.ravel()
+            # (C_in/G·k_h·k_w, O/G) += (C_in/G·k_h·k_w, L) · (O/G, L)ᵀ, accumulated by BLAS itself (beta = 1)
+            gemm(False, True, k, o_group, length, 1.0, columns, 0, length, grads, 0, length, 1.0,
+                 partial[b, g].ravel(), 0, o_group)
 
 
 @njit(cache=True)
 def _accumulate(total, term):
     """total += term, for 2-D arrays of one shape (a serial loop: an array expression inside prange
-    would be compiled as a nested parallel loop, several seconds of extra compile time)."""
+    would be compiled as a nested parallel loop, several seconds of extra compile time). Used by
+    kernels/deform.py."""
     for r in range(total.shape[0]):
         for c in range(total.shape[1]):
             total[r, c] += term[r, c]

@@ -80,38 +80,43 @@ GRAD_SHAPE = (5, 6, 4, 8)  # the output shape of CONFIG_FOR_SPLITS
 
 
 def _forward_and_grads(x, w, b, g, args):
-    assert g.shape == (len(x),) + GRAD_SHAPE[1:]
-    return [dense_conv.conv2d_forward(x, w, b, *args)] + list(dense_conv.conv2d_backward(g, x, w, *args))
+    y = dense_conv.conv2d_forward(x, w, b, *args)
+    assert g.shape == y.shape
+    return [y] + list(dense_conv.conv2d_backward(g, x, w, *args))
 
 
-CONFIG_FOR_SPLITS = ((5, 4, 7, 6), (6, 2, 3, 2), (2, 1), (1, 2), (1, 2), 2)
+CONFIG_FOR_SPLITS = ((5, 4, 7, 6), (6, 2, 3, 2), (2, 1), (1, 2), (1, 2), 2)   # strided: the im2col route
+CONFIG_SHIFTED = ((5, 16, 7, 6), (6, 8, 3, 2), (1, 1), (1, 2), (2, 1), 2)      # stride 1, 8 channels a group
+GRAD_SHAPES = {CONFIG_FOR_SPLITS: GRAD_SHAPE, CONFIG_SHIFTED: (5, 6, 5, 9)}
 
 
+@pytest.mark.parametrize("config", [CONFIG_FOR_SPLITS, CONFIG_SHIFTED])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_one_and_two_threads_give_identical_results(monkeypatch, dtype):
+def test_one_and_two_threads_give_identical_results(monkeypatch, dtype, config):
     """The work is cut into NUMBA_NUM_THREADS blocks whatever set_num_threads says: bit-identical answers."""
     monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # really use the threads on this small case
-    x, w, b, rng = operands(CONFIG_FOR_SPLITS, dtype, 0)
-    g = rng.standard_normal(GRAD_SHAPE).astype(dtype)
+    x, w, b, rng = operands(config, dtype, 0)
+    g = rng.standard_normal(GRAD_SHAPES[config]).astype(dtype)
     previous = tinyconv.get_num_threads()
     try:
         runs = []
         for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
             tinyconv.set_num_threads(threads)
-            runs.append(_forward_and_grads(x, w, b, g, CONFIG_FOR_SPLITS[2:]))
+            runs.append(_forward_and_grads(x, w, b, g, config[2:]))
     finally:
         tinyconv.set_num_threads(previous)
     for got, want in zip(runs[-1], runs[0]):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("config", [CONFIG_FOR_SPLITS, CONFIG_SHIFTED])
 @pytest.mark.parametrize("blocks", [1, 2, 3, 10])
-def test_results_do_not_depend_on_the_split_into_blocks(monkeypatch, blocks):
+def test_results_do_not_depend_on_the_split_into_blocks(monkeypatch, blocks, config):
     """Any number of blocks (one item, several, all in one): the same y and grad_input bit for bit, and
     grad_weight (summed per block, then over blocks) equal up to rounding, all matching the reference."""
-    args = CONFIG_FOR_SPLITS[2:]
-    x, w, b, rng = operands(CONFIG_FOR_SPLITS, np.float64, 0)
-    g = rng.standard_normal(GRAD_SHAPE)
+    args = config[2:]
+    x, w, b, rng = operands(config, np.float64, 0)
+    g = rng.standard_normal(GRAD_SHAPES[config])
     monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)
     whole = _forward_and_grads(x, w, b, g, args)
     monkeypatch.setattr(dense_conv, "_blocks", lambda items: min(items, blocks))
@@ -157,6 +162,46 @@ def test_results_do_not_depend_on_the_batch_split():
         np.testing.assert_array_equal(np.concatenate([halves[0][k], halves[1][k]]), whole[k])
     np.testing.assert_allclose(halves[0][2] + halves[1][2], whole[2], **TOL[np.float32])
     np.testing.assert_allclose(halves[0][3] + halves[1][3], whole[3], **TOL[np.float32])
+
+
+@settings(max_examples=40, deadline=None)
+@given(conv_configs(), st.booleans(), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
+def test_shifted_route_matches_reference(config, with_bias, dtype, seed):
+    """Shifted windows forced on the small drawn shapes (they need 8 channels a group otherwise): every
+    stride (split into phases), padding (also above d·(k - 1): grad_input's padding is then negative) and
+    dilation. grad_input and grad_weight take it at stride 1 only (grad_weight whatever the channels)."""
+    _, w_shape, s, p, d, groups = config
+    x, w, b, rng = operands(config, dtype, seed)
+    b = b if with_bias else None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dense_conv, "_SHIFTED_MIN_CHANNELS", 1)
+        seen = record_thread_counts(patch, dense_conv, "_shifted_kernel")
+        y = dense_conv.conv2d_forward(x, w, b, s, p, d, groups)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        grads = dense_conv.conv2d_backward(g, x, w, s, p, d, groups)
+    pointwise = w_shape[2:] == (1, 1) and p == (0, 0) and s == (1, 1)   # keeps its own path
+    assert len(seen) == (0 if pointwise else 2 if s == (1, 1) else 1)
+    np.testing.assert_allclose(y, reference.conv2d_forward(x, w, b, s, p, d, groups), **TOL[dtype])
+    for got, want in zip(grads, reference.conv2d_backward(g, x, w, s, p, d, groups)):
+        assert got.shape == want.shape and got.dtype == dtype
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shifted_route_taken_from_eight_channels(monkeypatch, dtype):
+    """At stride 1 with 8 input channels a group conv2d runs by shifted windows; 4 channels take im2col."""
+    seen = record_thread_counts(monkeypatch, dense_conv, "_shifted_kernel")
+    for c_group, calls in ((8, 2), (4, 0)):
+        config = ((2, 2 * c_group, 6, 5), (4, c_group, 3, 2), (1, 1), (1, 2), (2, 1), 2)
+        x, w, b, rng = operands(config, dtype, 1)
+        seen.clear()
+        y = dense_conv.conv2d_forward(x, w, b, *config[2:])
+        g = rng.standard_normal(y.shape).astype(dtype)
+        grads = dense_conv.conv2d_backward(g, x, w, *config[2:])
+        assert len(seen) == calls
+        np.testing.assert_allclose(y, reference.conv2d_forward(x, w, b, *config[2:]), **TOL[dtype])
+        for got, want in zip(grads, reference.conv2d_backward(g, x, w, *config[2:])):
+            np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
 @pytest.mark.parametrize("groups", [1, 2])

@@ -53,6 +53,27 @@ def test_conv_transpose2d_kernels_match_reference(config, with_bias, dtype, seed
         np.testing.assert_allclose(got, want, **TOL[dtype])
 
 
+@settings(max_examples=30, deadline=None)
+@given(transpose_configs(), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
+def test_conv_transpose2d_shifted_route_matches_reference(config, dtype, seed):
+    """Stride 1 (output_padding < dilation) by conv2d's shifted windows, forced on the small drawn shapes."""
+    x_shape, w_shape, _, p, _, groups, d = config
+    op = tuple(min(config[4][a], d[a] - 1) for a in range(2))
+    args = ((1, 1), p, op, groups, d)
+    assume(all(reference.conv_transpose_output_size(x_shape[2 + a], w_shape[2 + a], 1, p[a], op[a], d[a]) >= 1
+               for a in range(2)))
+    x, w, b, rng = operands(config, dtype, seed)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dense_conv, "_SHIFTED_MIN_CHANNELS", 1)
+        y = conv_transpose.conv_transpose2d_forward(x, w, b, *args)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        grads = conv_transpose.conv_transpose2d_backward(g, x, w, *args)
+    np.testing.assert_allclose(y, reference.conv_transpose2d_forward(x, w, b, *args), **TOL[dtype])
+    for got, want in zip(grads, reference.conv_transpose2d_backward(g, x, w, *args)):
+        assert got.shape == want.shape and got.dtype == dtype
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
 @settings(max_examples=20, deadline=None)
 @given(transpose_configs(), st.integers(0, 2**31))
 def test_conv_transpose2d_is_the_adjoint_of_conv2d(config, seed):
@@ -102,12 +123,13 @@ def test_conv_transpose2d_edge_cases(x_shape, w_shape, s, p, op):
     assert tinyconv.gradcheck(lambda x_, w_, b_: F.conv_transpose2d(x_, w_, b_, s, p, op), inputs, fast_mode=True)
 
 
+@pytest.mark.parametrize("config", [((5, 4, 3, 4), (4, 3, 3, 2), (2, 1), (1, 0), (1, 0), 2, (1, 2)),   # im2col
+                                    ((5, 16, 3, 4), (16, 8, 3, 2), (1, 1), (1, 0), (1, 0), 2, (2, 1))])  # shifted
 @pytest.mark.parametrize("blocks", [1, 3])
-def test_conv_transpose2d_same_bits_at_any_thread_count_and_block_split(monkeypatch, blocks):
+def test_conv_transpose2d_same_bits_at_any_thread_count_and_block_split(monkeypatch, blocks, config):
     """1 and 2 threads give the same bits; other block splits the same y and grad_input bits, grad_weight equal
     up to rounding (it is summed per block): the conv2d routes conv_transpose2d reuses."""
     monkeypatch.setattr(dense_conv, "_SERIAL_MULTIPLY_ADDS", 0)  # really use the threads on this small case
-    config = ((5, 4, 3, 4), (4, 3, 3, 2), (2, 1), (1, 0), (1, 0), 2, (1, 2))
     args = config[2:]
     x, w, b, rng = operands(config, np.float64, 4)
     g = rng.standard_normal(conv_transpose.conv_transpose2d_forward(x, w, b, *args).shape)
