@@ -1,4 +1,8 @@
-"""conv2d on the GPU: im2col + the tiled GEMM, as kernels/conv2d.py with BLAS swapped for kernels/cuda/gemm.py.
+"""conv2d on the GPU: im2col + the tiled GEMM of kernels/cuda/gemm.py.
+
+The maths is that of kernels/conv2d.py; the route is the textbook one that
+file keeps for strided convolutions (its stride-1 shifted-window GEMMs suit
+a CPU's BLAS, a GPU gets its parallelism from one large GEMM launch).
 
 Notation as kernels/conv2d.py: x (N, C_in, H, W); weight (C_out, C_in/G,
 k_h, k_w) with G groups; stride s, padding pad, dilation d per axis.
