@@ -111,6 +111,20 @@ def test_magnitude_mask_prunes_exactly_the_smallest_and_never_revives():
     assert C.prune_schedule(0.9, 2) == pytest.approx([1 - 0.1 ** 0.5, 0.9])
 
 
+def test_cubic_schedule_is_zhu_and_gupta_and_front_loaded():
+    steps = C.prune_schedule(0.9, 4, "cubic")
+    assert steps == pytest.approx([0.9 * (1 - 0.75 ** 3), 0.9 * (1 - 0.5 ** 3), 0.9 * (1 - 0.25 ** 3), 0.9])
+    increments = np.diff([0.0] + steps)
+    assert np.all(np.diff(increments) < 0)                     # each step prunes less than the one before
+    assert C.prune_schedule(0.9, 4) == pytest.approx([1 - 0.1 ** (i / 4) for i in range(1, 5)])
+    assert [C.threshold_fraction(i, 2, "cubic") for i in (1, 2)] == pytest.approx([0.875, 1.0])
+    assert [C.threshold_fraction(i, 2) for i in (1, 2)] == pytest.approx([0.5, 1.0])
+    with pytest.raises(ValueError, match="prune schedule must be one of geometric, cubic, got 'linear'"):
+        C.prune_schedule(0.9, 4, "linear")
+    with pytest.raises(ValueError, match="prune steps must be an int >= 1, got 0"):
+        C.prune_schedule(0.9, 0, "cubic")
+
+
 def test_quality_threshold_is_q_times_the_layer_std():
     model = mlp()
     sigma = C.layer_std(model)["1"]
@@ -230,6 +244,25 @@ def test_huffman_decode_rejects_a_truncated_stream():
         C.huffman_decode(data[:len(data) // 2], len(symbols), lengths)
 
 
+@pytest.mark.parametrize("lengths, width", [
+    ([1, 0, 2, 2, 0, 0], 4),          # trailing unused symbols are not stored
+    ([15, 3, 0, 1], 4),
+    ([16, 1, 2], 8),                  # a length over 15 needs bytes
+    ([0, 0], 4),
+])
+def test_code_lengths_pack_in_4_bits_when_they_fit(lengths, width):
+    lengths = np.array(lengths)
+    data = C._code_lengths_bytes(lengths)
+    used = int(np.flatnonzero(lengths).max(initial=-1)) + 1
+    assert struct.unpack_from("<IB", data) == (used, width)
+    assert len(data) == 5 + (used * width + 7) // 8
+    reader = C._Reader(data, "x.tcz")
+    np.testing.assert_array_equal(reader.code_lengths("table"), lengths[:used])
+    assert reader.pos == len(data)
+    with pytest.raises(C.CompressedFileError, match="x.tcz.*lengths of 5 bits"):
+        C._Reader(struct.pack("<IB", 1, 5) + b"\0", "x.tcz").code_lengths("table")
+
+
 @pytest.mark.parametrize("positions, index_bits, size, fillers", [
     ([0, 1, 2], 2, 3, 0),
     ([3], 2, 4, 0),                  # gap 3 = 2^2 - 1 fits
@@ -329,9 +362,9 @@ def test_bad_files_fail_with_clear_errors(tmp_path):
             C.load_compressed(bad, model=small_cnn())
         assert "bad.tcz" in str(error.value)
     other = bytearray(good)
-    other[8:10] = struct.pack("<H", 2)
+    other[8:10] = struct.pack("<H", 1)
     rewrite(bad, other, fix_crc=True)
-    with pytest.raises(C.CompressedFileError, match="format version 2; this tinyconv reads version 1"):
+    with pytest.raises(C.CompressedFileError, match="format version 1; this tinyconv reads version 2"):
         C.load_compressed(bad, model=small_cnn())
     with pytest.raises(FileNotFoundError, match="missing.tcz"):
         C.load_compressed(tmp_path / "missing.tcz")
@@ -417,11 +450,39 @@ def test_compress_run_report_sizes_match_the_file(tiny_run, tmp_path):
     assert "x smaller" in C.format_report(report)
 
 
+def test_cubic_schedule_final_epochs_weight_decay_and_seed_reach_the_retraining(tiny_run, tmp_path, monkeypatch):
+    seen = []
+    real_retrain = C.retrain
+
+    def spy(run, epochs, lr, progress=None, log=print, label=""):
+        seen.append((label, epochs, run.config.weight_decay, run.config.seed))
+        return real_retrain(run, min(epochs, 1), lr, progress, log, label)
+
+    monkeypatch.setattr(C, "retrain", spy)
+    lines = []
+    report = C.compress_run(tiny_run, out=str(tmp_path / "c.tcz"), sparsity={"fc1": 0.9, "fc2": 0.8},
+                            prune_steps=3, prune_schedule_kind="cubic", retrain_epochs=1, final_epochs=4,
+                            quant_epochs=2, weight_decay=3e-3, seed=7, log=lines.append)
+    assert [(label, epochs) for label, epochs, _, _ in seen] == [
+        ("prune step 1:", 1), ("prune step 2:", 1), ("prune step 3:", 4), ("centroids:", 2)]
+    assert {(wd, seed) for _, _, wd, seed in seen} == {(3e-3, 7)}
+    kept_fc1 = [float(line.split("fc1 ")[1].split("%")[0]) / 100 for line in lines if line.startswith("prune step")]
+    assert kept_fc1 == pytest.approx([1 - s for s in C.prune_schedule(0.9, 3, "cubic")], abs=1e-3)
+    assert report["layers"]["fc3"]["kept"] == 1.0                    # not named: stays dense
+    with pytest.raises(ValueError, match="--prune-schedule must be one of geometric, cubic"):
+        C.compress_run(tiny_run, prune_schedule_kind="exp", log=lambda *a: None)
+    with pytest.raises(ValueError, match="--final-epochs must be an int >= 0, got -1"):
+        C.compress_run(tiny_run, final_epochs=-1, log=lambda *a: None)
+    with pytest.raises(ValueError, match="--weight-decay must be a finite number >= 0"):
+        C.compress_run(tiny_run, weight_decay=-1.0, log=lambda *a: None)
+
+
 def test_cli_bad_arguments(tiny_run, tmp_path, capsys):
     for argv, message in [(["--bits", "linear=17"], "bits must be an int in 1..16, got 17"),
                           (["--bits", "conv=0"], "bits must be an int in 1..16, got 0"),
                           (["--sparsity", "1.0"], r"sparsity must be a number in [0, 1), got 1.0"),
-                          (["--sparsity", "fc1=-0.2"], r"sparsity must be a number in [0, 1), got -0.2")]:
+                          (["--sparsity", "fc1=-0.2"], r"sparsity must be a number in [0, 1), got -0.2"),
+                          (["--prune-schedule", "exp"], "invalid choice: 'exp'")]:
         with pytest.raises(SystemExit):
             cli(["compress", tiny_run] + argv)
         assert message in capsys.readouterr().err

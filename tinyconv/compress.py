@@ -11,7 +11,9 @@ stay as they are and are stored raw.
    w and a boolean mask m (a buffer), and whose forward computes the layer
    with the weight w ⊙ m. Pruning in K steps (`prune_schedule`) retrains
    after each; step i of K reaches sparsity 1 − (1 − s)^(i/K) (the same
-   fraction of the survivors goes at every step) or threshold (i/K)·q·σ.
+   fraction of the survivors goes at every step) or threshold (i/K)·q·σ,
+   or with the cubic schedule of Zhu & Gupta (2017) s·(1 − (1 − i/K)^3)
+   or (1 − (1 − i/K)^3)·q·σ.
 
    Why pruned weights stay exactly zero through retraining: the tape gives
    ∂L/∂w = (∂L/∂(w ⊙ m)) ⊙ m, exactly 0 where m = 0 (a product by 0.0), and
@@ -51,12 +53,12 @@ The .tcz file (all integers little-endian; written by `save_compressed`)
 ---------------------------------------------------------------------------
     magic         8 bytes  b"\\x89TCZ\\r\\n\\x1a\\n" (PNG's trick: text-mode
                            transfers and 7-bit channels corrupt it visibly)
-    version       u16      1
+    version       u16      2
     reserved      u16      0
     total_length  u64      bytes in the whole file, checksum included
-    meta_length   u32      then that many bytes of UTF-8 JSON: {"format":
-                           "tinyconv-compressed", "config": the run's
-                           TrainConfig or null}
+    meta_length   u32      then that many bytes of zlib-compressed UTF-8
+                           JSON: {"format": "tinyconv-compressed",
+                           "config": the run's TrainConfig or null}
     n_records     u32      then the records
     crc32         u32      zlib.crc32 of every byte before it
 
@@ -65,9 +67,15 @@ The .tcz file (all integers little-endian; written by `save_compressed`)
            (1 f4, 2 f8, 3 i8, 4 i4, 5 u1, 6 b1), ndim u8, shape (u32 each),
   raw:     the array's bytes, C order
   shared:  bits u8 (b), index_bits u8 (g), n_centroids u32 + the centroids
-           (dtype), n_entries u32, index code lengths (u32 count + u8 each),
-           gap code lengths (same), index stream (u32 bytes + bytes), gap
-           stream (same). Streams are MSB-first bits, zero-padded to a byte.
+           (dtype), n_entries u32, index code lengths, gap code lengths,
+           index stream (u32 bytes + bytes), gap stream (same). Streams are
+           MSB-first bits, zero-padded to a byte.
+  code lengths: count u32 (symbols up to the last one used), width u8 (4
+           when every length is <= 15, else 8), then the lengths in `width`
+           bits each, packed MSB first and zero-padded to a byte.
+
+Version 2 compresses the metadata and packs code lengths in 4 bits, which
+saves ~300 bytes: noise for big nets, 4% of a 7 KB compressed LeNet-5.
 
 The frame (magic, version, total_length, ..., crc32 last) is fixed for all
 versions, so a reader checks magic, length (truncation), checksum
@@ -91,7 +99,7 @@ from tinyconv.nn.module import Module, Parameter
 from tinyconv.tensor import Tensor
 
 MAGIC = b"\x89TCZ\r\n\x1a\n"
-VERSION = 1
+VERSION = 2
 FORMAT = "tinyconv-compressed"
 MAX_BITS = 16
 DEFAULT_BITS = {"conv": 8, "linear": 5}         # the paper's choice for weights ...
@@ -269,10 +277,34 @@ def magnitude_mask(weight, mask=None, sparsity=None, threshold=None):
     return mask & new.reshape(weight.shape)
 
 
-def prune_schedule(target, steps):
-    """The sparsity reached after each of `steps` pruning steps: 1 − (1 − target)^(i/steps)."""
+PRUNE_SCHEDULES = ("geometric", "cubic")
+
+
+def prune_schedule(target, steps, kind="geometric"):
+    """The sparsity reached after each of `steps` pruning steps i = 1..K.
+
+    geometric: 1 − (1 − s)^(i/K), the same fraction of the survivors goes at
+    every step (as Han et al.'s iterative pruning).
+    cubic: s·(1 − (1 − i/K)^3), Zhu & Gupta's gradual schedule (2017): big
+    steps while the net is still redundant, small ones near the target.
+    """
     target = check_sparsity(target)
-    return [1 - (1 - target) ** (i / steps) for i in range(1, steps + 1)]
+    return [target * threshold_fraction(i, steps, "cubic") if kind == "cubic"
+            else 1 - (1 - target) ** (i / steps) for i in range(1, _check_schedule(steps, kind) + 1)]
+
+
+def threshold_fraction(step, steps, kind="geometric"):
+    """The fraction of the final threshold q·σ used at pruning step `step` of `steps`: i/K, or 1 − (1 − i/K)^3."""
+    _check_schedule(steps, kind)
+    return 1 - (1 - step / steps) ** 3 if kind == "cubic" else step / steps
+
+
+def _check_schedule(steps, kind):
+    if kind not in PRUNE_SCHEDULES:
+        raise ValueError(f"prune schedule must be one of {', '.join(PRUNE_SCHEDULES)}, got {kind!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"prune steps must be an int >= 1, got {steps!r}")
+    return int(steps)
 
 
 def prune(model, sparsity=None, threshold=None, optimizer=None):
@@ -640,7 +672,10 @@ def _array_header(kind, name, array):
 
 def _code_lengths_bytes(lengths):
     used = int(np.flatnonzero(lengths).max(initial=-1)) + 1   # trailing unused symbols are not stored
-    return struct.pack("<I", used) + np.asarray(lengths[:used], dtype=np.uint8).tobytes()
+    lengths = np.asarray(lengths[:used], dtype=np.uint8)
+    width = 4 if lengths.max(initial=0) <= 15 else 8
+    bits = np.unpackbits(lengths[:, None], axis=1)[:, 8 - width:]   # (used, width) MSB first
+    return struct.pack("<IB", used, width) + np.packbits(bits.ravel()).tobytes()
 
 
 def encode_layer(name, centroids, indices, mask, bits, index_bits):
@@ -706,7 +741,7 @@ def save_compressed(path, model, config=None, index_bits=None):
         records[name] = encode_layer(name, layer.centroids.data, layer.indices, layer.mask, layer.bits, g)
     for name, array in raw.items():
         records[name] = encode_raw(name, np.asarray(array))
-    meta = json.dumps({"format": FORMAT, "config": config}, separators=(",", ":")).encode("utf-8")
+    meta = zlib.compress(json.dumps({"format": FORMAT, "config": config}, separators=(",", ":")).encode("utf-8"), 9)
     body = struct.pack("<I", len(meta)) + meta + struct.pack("<I", len(records)) + b"".join(records.values())
     total = _HEADER.size + len(body) + 4
     content = _HEADER.pack(MAGIC, VERSION, 0, total) + body
@@ -733,8 +768,12 @@ class _Reader:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
 
     def code_lengths(self, what):
-        (n,) = self.unpack("<I", what)
-        return np.frombuffer(self.take(n, what), dtype=np.uint8).astype(np.int64)
+        n, width = self.unpack("<IB", what)
+        if width not in (4, 8):
+            raise CompressedFileError(f"{self.path!r}: {what}: lengths of {width} bits (expected 4 or 8)")
+        packed = np.frombuffer(self.take((n * width + 7) // 8, what), dtype=np.uint8)
+        bits = np.unpackbits(packed)[:n * width].reshape(n, width)      # (n, width) MSB first
+        return (bits.astype(np.int64) << np.arange(width - 1, -1, -1)).sum(axis=1)
 
 
 def is_compressed(path):
@@ -777,9 +816,9 @@ def read_compressed(path):
     reader.pos = _HEADER.size
     (meta_length,) = reader.unpack("<I", "the metadata length")
     try:
-        meta = json.loads(reader.take(meta_length, "the metadata").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CompressedFileError(f"{path!r}: the metadata is not valid JSON: {error}") from None
+        meta = json.loads(zlib.decompress(reader.take(meta_length, "the metadata")).decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CompressedFileError(f"{path!r}: the metadata is not valid zlib-compressed JSON: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CompressedFileError(f"{path!r}: the metadata does not describe a {FORMAT} file")
     (n_records,) = reader.unpack("<I", "the record count")
@@ -905,12 +944,16 @@ def retrain(run, epochs, lr, progress=None, log=print, label=""):
 def compress_run(run_dir, out=None, sparsity=None, quality=None, prune_steps=1, bits=None, index_bits=None,
                  retrain_epochs=1, quant_epochs=None, retrain_lr=None, quant_lr=None, data_dir=None,
                  limit_train=None, limit_test=None, histogram=None, histogram_layer=None, progress=None,
-                 log=print):
+                 log=print, prune_schedule_kind="geometric", final_epochs=None, weight_decay=None, threads=None,
+                 seed=None):
     """Prune → retrain (prune_steps times) → quantize → fine-tune centroids → Huffman-code to `out`.
 
     sparsity / quality / bits / index_bits are specs as `parse_layer_spec`
-    returns them ({'*': 0.9}, {'conv': 8, 'fc3': 6}, ...). Returns a report
-    dict: per-layer rows and the test accuracy after each stage.
+    returns them ({'*': 0.9}, {'conv': 8, 'fc3': 6}, ...). The last pruning
+    step retrains for `final_epochs` (default `retrain_epochs`);
+    `weight_decay` replaces the run's for retraining and fine-tuning;
+    `seed` the run's seed for the retraining's data order.
+    Returns a report dict: per-layer rows and the test accuracy after each stage.
     """
     from tinyconv import train
 
@@ -918,18 +961,25 @@ def compress_run(run_dir, out=None, sparsity=None, quality=None, prune_steps=1, 
         raise ValueError("give --sparsity or --quality, not both")
     if not isinstance(prune_steps, int) or prune_steps < 1:
         raise ValueError(f"--prune-steps must be an int >= 1, got {prune_steps!r}")
-    for name, value in (("--retrain-epochs", retrain_epochs), ("--quant-epochs", quant_epochs)):
+    if prune_schedule_kind not in PRUNE_SCHEDULES:
+        raise ValueError(f"--prune-schedule must be one of {', '.join(PRUNE_SCHEDULES)}, got {prune_schedule_kind!r}")
+    for name, value in (("--retrain-epochs", retrain_epochs), ("--quant-epochs", quant_epochs),
+                        ("--final-epochs", final_epochs)):
         if value is not None and (not isinstance(value, int) or value < 0):
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    if weight_decay is not None and not (0 <= weight_decay < math.inf):
+        raise ValueError(f"--weight-decay must be a finite number >= 0, got {weight_decay!r}")
     model, config = train.load_run(run_dir)
     overrides = {k: v for k, v in (("data_dir", data_dir), ("limit_train", limit_train),
-                                   ("limit_test", limit_test)) if v is not None}
+                                   ("limit_test", limit_test), ("weight_decay", weight_decay),
+                                   ("threads", threads), ("seed", seed)) if v is not None}
     config = dataclasses.replace(config, **overrides)
     run = train.Run(config, run_dir)
     run.model = model
     retrain_lr = config.lr / 10 if retrain_lr is None else retrain_lr
     quant_lr = retrain_lr / 10 if quant_lr is None else quant_lr
     quant_epochs = retrain_epochs if quant_epochs is None else quant_epochs
+    final_epochs = retrain_epochs if final_epochs is None else final_epochs
     out = out or os.path.join(run_dir, "model.tcz")
 
     layers = compressible_layers(model)
@@ -958,12 +1008,15 @@ def compress_run(run_dir, out=None, sparsity=None, quality=None, prune_steps=1, 
     sigma = layer_std(model)
     for step in range(1, prune_steps + 1):
         if quality is not None:
-            kept = prune(model, threshold={p: q * sigma[p] * step / prune_steps for p, q in quality.items()})
+            fraction = threshold_fraction(step, prune_steps, prune_schedule_kind)
+            kept = prune(model, threshold={p: q * sigma[p] * fraction for p, q in quality.items()})
         else:
-            kept = prune(model, sparsity={p: prune_schedule(s, prune_steps)[step - 1] for p, s in sparsity.items()})
+            kept = prune(model, sparsity={p: prune_schedule(s, prune_steps, prune_schedule_kind)[step - 1]
+                                          for p, s in sparsity.items()})
         log(f"prune step {step}/{prune_steps}: kept " + ", ".join(f"{p} {k:.1%}" for p, k in kept.items())
             + f"; test accuracy {accuracy():.4f} before retraining")
-        retrain(run, retrain_epochs, retrain_lr, progress, log, label=f"prune step {step}:")
+        retrain(run, final_epochs if step == prune_steps else retrain_epochs, retrain_lr, progress, log,
+                label=f"prune step {step}:")
     report["accuracy"]["pruned"] = accuracy()
     pruned_layers = dict(compressible_layers(model))
     snapshots["pruned"] = pruned_layers[histogram_layer].dense_weight().ravel().copy()
@@ -1069,7 +1122,9 @@ def _run_cli(args):
         bits=args.bits, index_bits=args.index_bits, retrain_epochs=args.retrain_epochs,
         quant_epochs=args.quant_epochs, retrain_lr=args.retrain_lr, quant_lr=args.quant_lr,
         data_dir=args.data_dir, limit_train=args.limit_train, limit_test=args.limit_test,
-        histogram=args.histogram, histogram_layer=args.histogram_layer, progress=progress)
+        histogram=args.histogram, histogram_layer=args.histogram_layer, progress=progress,
+        prune_schedule_kind=args.prune_schedule, final_epochs=args.final_epochs, weight_decay=args.weight_decay,
+        threads=args.threads, seed=args.seed)
     print()
     print(format_report(report))
     print(f"compressed model written to {report['out']}; evaluate it with: tinyconv eval {report['out']}")
@@ -1091,7 +1146,18 @@ def add_cli(subparsers):
                    help="prune |w| <= q·std(layer) instead (the paper's rule), same syntax as --sparsity")
     p.add_argument("--prune-steps", type=int, default=1,
                    help="prune→retrain iterations; step i of K reaches sparsity 1-(1-s)^(i/K) (or threshold i/K·q·σ)")
+    p.add_argument("--prune-schedule", choices=PRUNE_SCHEDULES, default="geometric",
+                   help="sparsity after step i of K: geometric 1-(1-s)^(i/K), or cubic s·(1-(1-i/K)^3) "
+                        "(Zhu & Gupta 2017: big steps first, small ones near the target); with --quality "
+                        "the threshold's fraction is i/K or 1-(1-i/K)^3 (default: geometric)")
     p.add_argument("--retrain-epochs", type=int, default=1, help="retraining epochs after each pruning step")
+    p.add_argument("--final-epochs", type=int, default=None,
+                   help="retraining epochs after the last pruning step (default: --retrain-epochs)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 weight decay while retraining and fine-tuning (default: the run's)")
+    p.add_argument("--threads", type=int, default=None, help="kernel threads (default: the run's setting)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the retraining's data order (default: the run's seed)")
     p.add_argument("--retrain-lr", type=float, default=None, help="learning rate for retraining (default: run's lr / 10)")
     p.add_argument("--bits", type=_spec(lambda v: check_bits(v, "bits"), "--bits"), default=None,
                    help=f"bits per weight index (1..{MAX_BITS}), per kind or layer; default conv=8,linear=5")
