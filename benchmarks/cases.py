@@ -44,6 +44,7 @@ class Case:
     torch_call: object = None        # torch's spelling, when it differs
     make: dict = field(default_factory=dict)   # input name -> fn(rng, shape, dtype) -> array
     modes: tuple = MODES
+    conv: tuple = None               # (stride, padding, dilation, groups), pairs: for calling kernels directly
 
     def mode_macs(self, mode):
         if self.macs is None:
@@ -77,7 +78,7 @@ def conv_case(name, n, c_in, c_out, size, kernel, stride=1, padding=0, dilation=
     macs = n * c_out * out_h * out_w * (c_in // groups) * k_h * k_w
     return Case(name, "conv2d", {"x": (n, c_in, size, size), "w": weight}, ("x", "w"),
                 lambda F, x, w: F.conv2d(x, w, None, (s_h, s_w), (p_h, p_w), (d_h, d_w), groups),
-                macs=macs, params=int(np.prod(weight)))
+                macs=macs, params=int(np.prod(weight)), conv=((s_h, s_w), (p_h, p_w), (d_h, d_w), groups))
 
 
 def conv_transpose_case(name, n, c_in, c_out, size, kernel, stride, padding):
@@ -103,21 +104,25 @@ def sequence_case(name, convs):
                 macs=sum(c.macs for c in convs), params=sum(c.params for c in convs))
 
 
-def deform_case(name, n, c, size, kernel=3):
-    """deform_conv2d v1, c -> c channels, stride 1, padding k//2, offsets ~ N(0, 0.5^2) pixels.
+def deform_case(name, n, c, size, kernel=3, mask=False):
+    """deform_conv2d v1, c -> c channels, stride 1, padding k//2, offsets ~ N(0, 0.5^2) pixels;
+    mask=True: v2, with a mask ~ U(0.2, 1) (differentiated too).
 
     MACs count the convolution only, not the 4-tap bilinear sampling.
     """
     pad = kernel // 2
     weight = (c, c, kernel, kernel)
     macs = n * c * size * size * c * kernel * kernel
-    return Case(name, "deform_conv2d",
-                {"x": (n, c, size, size), "offset": (n, 2 * kernel * kernel, size, size), "w": weight},
-                ("x", "offset", "w"),
-                lambda F, x, offset, w: F.deform_conv2d(x, offset, w, None, 1, pad),
+    inputs = {"x": (n, c, size, size), "offset": (n, 2 * kernel * kernel, size, size), "w": weight}
+    make = {"offset": lambda rng, shape, dtype: 0.5 * rng.standard_normal(shape)}
+    if mask:
+        inputs["mask"] = (n, kernel * kernel, size, size)
+        make["mask"] = lambda rng, shape, dtype: rng.uniform(0.2, 1.0, shape)
+    return Case(name, "deform_conv2d", inputs, tuple(inputs),
+                lambda F, x, offset, w, mask=None: F.deform_conv2d(x, offset, w, None, 1, pad, 1, mask),
                 macs=macs, params=int(np.prod(weight)),
-                torch_call=lambda F, x, offset, w: torch_deform_conv2d(x, offset, w, pad),
-                make={"offset": lambda rng, shape, dtype: 0.5 * rng.standard_normal(shape)})
+                torch_call=lambda F, x, offset, w, mask=None: torch_deform_conv2d(x, offset, w, pad, mask),
+                make=make, conv=((1, 1), (pad, pad), (1, 1), 1))
 
 
 def pool_case(name, op, n, c, size, kernel, stride, padding=0):
@@ -159,6 +164,38 @@ def kernel_cases(ctx):
         batch_norm_case(f"batch norm (train) C={c64} {big}x{big}", n, c64, big),
         shuffle_case(f"channel shuffle g=4 C={c64} {big}x{big}", n, c64, big, 4),
     ]
+
+
+def dev_cases(mask=False):
+    """The kernel developers' layers by short name (python -m benchmarks.dev --cases NAME ...).
+
+    The suite's layers at full size, ResNet-20's convolutions at batch 128
+    (few channels, small planes), a large-plane depthwise, and tiny cases for
+    smoke runs. mask=True makes the deformable cases v2.
+    """
+    return {
+        "3x3": conv_case("3x3 64->64 32x32 N=64", 64, 64, 64, 32, 3, padding=1),
+        "1x1": conv_case("1x1 128->128 16x16 N=64", 64, 128, 128, 16, 1),
+        "g8": conv_case("grouped g=8 3x3 128 16x16 N=64", 64, 128, 128, 16, 3, padding=1, groups=8),
+        "d2": conv_case("dilated d=2 3x3 64->64 32x32 N=64", 64, 64, 64, 32, 3, padding=2, dilation=2),
+        "t4x4s2": conv_transpose_case("transposed 4x4 s2 64->32 16->32 N=64", 64, 64, 32, 16, 4, 2, 1),
+        "r20_16": conv_case("ResNet-20 3x3 16->16 32x32 N=128", 128, 16, 16, 32, 3, padding=1),
+        "r20_32": conv_case("ResNet-20 3x3 32->32 16x16 N=128", 128, 32, 32, 16, 3, padding=1),
+        "r20_64": conv_case("ResNet-20 3x3 64->64 8x8 N=128", 128, 64, 64, 8, 3, padding=1),
+        "r20_s2": conv_case("ResNet-20 3x3 s2 16->32 32x32 N=128", 128, 16, 32, 32, 3, stride=2, padding=1),
+        "dw16": conv_case("depthwise 3x3 C=128 16x16 N=64", 64, 128, 128, 16, 3, padding=1, groups=128),
+        "dw112": conv_case("depthwise 3x3 C=32 112x112 N=8", 8, 32, 32, 112, 3, padding=1, groups=32),
+        "deform": deform_case(f"deformable {'v2' if mask else 'v1'} 3x3 64->64 32x32 N=16", 16, 64, 32, mask=mask),
+        "maxpool2": pool_case("max pool 2x2 s2 C=64 32x32 N=64", "max_pool2d", 64, 64, 32, 2, 2),
+        "maxpool3": pool_case("max pool 3x3 s2 p1 C=64 32x32 N=64", "max_pool2d", 64, 64, 32, 3, 2, 1),
+        "avgpool2": pool_case("avg pool 2x2 s2 C=64 32x32 N=64", "avg_pool2d", 64, 64, 32, 2, 2),
+        "bn": batch_norm_case("batch norm (train) C=64 32x32 N=64", 64, 64, 32),
+        "shuffle": shuffle_case("channel shuffle g=4 C=64 32x32 N=64", 64, 64, 32, 4),
+        "tiny_conv": conv_case("tiny 3x3 4->4 6x6 N=2", 2, 4, 4, 6, 3, padding=1),
+        "tiny_dw": conv_case("tiny depthwise 3x3 C=4 6x6 N=2", 2, 4, 4, 6, 3, padding=1, groups=4),
+        "tiny_deform": deform_case(f"tiny deformable {'v2' if mask else 'v1'} 3x3 4->4 6x6 N=2", 2, 4, 6, mask=mask),
+        "tiny_shuffle": shuffle_case("tiny channel shuffle g=2 C=4 6x6 N=2", 2, 4, 6, 2),
+    }
 
 
 # ---- running one case -----------------------------------------------------------
@@ -287,8 +324,8 @@ def timed_record(ctx, case, impl, mode, fn):
 
 
 # ---- PyTorch's deformable convolution without torchvision ------------------------
-def torch_deform_conv2d(x, offset, weight, pad):
-    """Deformable conv v1 from plain PyTorch ops (what a user without torchvision writes).
+def torch_deform_conv2d(x, offset, weight, pad, mask=None):
+    """Deformable conv v1 (v2 with a mask) from plain PyTorch ops (what a user without torchvision writes).
 
     torchvision.ops.deform_conv2d when torchvision is installed; otherwise
     each tap's sampling grid (base position + learned offset) goes through
@@ -299,7 +336,7 @@ def torch_deform_conv2d(x, offset, weight, pad):
     import torch
     if torch_deform_method() == "torchvision":
         from torchvision.ops import deform_conv2d
-        return deform_conv2d(x, offset, weight, None, 1, pad)
+        return deform_conv2d(x, offset, weight, None, 1, pad, mask=mask)
     n, c, h, w = x.shape
     c_out, _, k_h, k_w = weight.shape
     out_h, out_w = offset.shape[-2:]
@@ -314,7 +351,9 @@ def torch_deform_conv2d(x, offset, weight, pad):
     grid = torch.stack([2 * sample_x / max(w - 1, 1) - 1, 2 * sample_y / max(h - 1, 1) - 1], dim=-1)
     grid = grid.view(n, taps * out_h, out_w, 2)                           # (N, K*out_h, out_w, 2)
     cols = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    cols = cols.view(n, c * taps, out_h * out_w)                          # (N, C*K, L): rows ordered (c, tap)
+    if mask is not None:                                                  # v2: each tap's samples scaled
+        cols = cols.view(n, c, taps, out_h * out_w) * mask.view(n, 1, taps, out_h * out_w)   # (N, C, K, L)
+    cols = cols.reshape(n, c * taps, out_h * out_w)                       # (N, C*K, L): rows ordered (c, tap)
     y = torch.matmul(weight.view(c_out, c * taps), cols)                  # (N, C_out, L)
     return y.view(n, c_out, out_h, out_w)
 

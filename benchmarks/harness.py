@@ -49,9 +49,11 @@ SMOKE_GEMM_SIZE = 256
 # ---- timing -----------------------------------------------------------------
 @dataclass
 class Timing:
-    """Seconds: the warm-up call, then the timed repeats."""
+    """Seconds: the warm-up call, then the timed repeats (wall time; process CPU time
+    of the same calls, all threads, in cpu_times when the timer recorded it)."""
     warmup: float
     times: list
+    cpu_times: list = field(default_factory=list)
 
     @property
     def median(self):
@@ -105,7 +107,9 @@ def time_side_by_side(fns, repeat):
 
     Each function's first call is its warm-up; then the timed calls go
     round-robin (a, b, a, b, ...), so a burst of load from another process
-    slows every contender alike instead of whichever ran at the time.
+    slows every contender alike instead of whichever ran at the time. Each
+    timed call's process CPU time (time.process_time, all threads) goes
+    into Timing.cpu_times: less disturbed by other processes than wall time.
     """
     warmups = {}
     for name, fn in fns.items():
@@ -113,12 +117,14 @@ def time_side_by_side(fns, repeat):
         fn()
         warmups[name] = time.perf_counter() - start
     times = {name: [] for name in fns}
+    cpu_times = {name: [] for name in fns}
     for _ in range(max(1, repeat)):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: Timing(warmups[name], times[name]) for name in fns}
+            cpu_times[name].append(time.process_time() - start_cpu)
+    return {name: Timing(warmups[name], times[name], cpu_times[name]) for name in fns}
 
 
 STARTUP_SNIPPET = """

@@ -28,7 +28,7 @@ input pixel k_h·k_w times to feed GEMMs too thin for BLAS to run well, and
 the copy costs more than the arithmetic. Here every multiply-add reads the
 input where it lies. tinyconv.functional.conv2d sends a grouped conv here
 when C_g <= DIRECT_MAX_CHANNELS (the crossover measured against the im2col
-route: benchmarks/bench_dw_deform_dev.py --crossover).
+route: python -m benchmarks.dev --crossover).
 
 How it is laid out:
 
@@ -94,7 +94,7 @@ from kernels.conv2d import _serial_if_small  # small work on one thread (waking 
 FASTMATH = {"reassoc", "contract", "nsz"}
 TAPS_PER_PASS = 4  # taps summed per pass over a plane (_gather_taps, _dot_taps)
 # conv2d runs grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS here. Measured against the im2col route
-# (bench_dw_deform_dev.py --crossover, 16x16): 3x3 kernels stay ahead up to 64 channels per group (0.66x at 16),
+# (benchmarks/dev.py --crossover, 16x16): 3x3 kernels stay ahead up to 64 channels per group (0.66x at 16),
 # 1x1 kernels, which need no im2col, only up to 2 (1.1-1.2x the im2col time at 4-16).
 DIRECT_MAX_CHANNELS = 16
 DIRECT_MAX_CHANNELS_1X1 = 2

@@ -253,3 +253,41 @@ def test_train_step_benchmark_smoke(capsys):
     train_step.main(["--batch", "4", "--repeat", "1", "--models", "fashion_cnn,resnet20", "--no-torch"])
     out = capsys.readouterr().out
     assert "fashion_cnn" in out and "resnet20" in out and "ratio" not in out
+
+
+# ---- the kernel developers' script (python -m benchmarks.dev) ----------------------------
+def test_dev_script_smoke_without_torch(capsys):
+    from benchmarks import dev
+
+    assert dev.main(["--cases", "tiny_conv", "--repeats", "1", "--no-torch", "--cpu-time"]) == 0
+    out = capsys.readouterr().out
+    assert "busy-loop control before" in out and "busy-loop control after" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("tiny_conv ")]
+    assert [row[1:3] for row in rows] == [["fwd", "tinyconv"], ["fwd+bwd", "tinyconv"]]
+    assert "wall med ms" in out and "PyTorch not used" in out
+
+
+def test_dev_script_times_an_old_kernel_file_beside_the_current_one(tmp_path, capsys):
+    import shutil
+
+    from benchmarks import dev
+
+    old = tmp_path / "shuffle_old.py"
+    shutil.copy(dev.F.shuffle.__file__, old)
+    current = dev.F.shuffle
+    assert dev.main(["--cases", "tiny_shuffle", "--repeats", "1", "--no-torch", "--old",
+                     f"kernels/shuffle.py={old}"]) == 0
+    assert dev.F.shuffle is current                       # the swap is undone after each call
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("tiny_shuffle ")]
+    assert {row[1] for row in rows if row[2:4] == ["old", "shuffle.py"]} == {"fwd", "fwd+bwd"}
+
+
+def test_dev_script_rejects_a_bad_old_argument(capsys):
+    from benchmarks import dev
+
+    with pytest.raises(SystemExit):
+        dev.main(["--cases", "tiny_conv", "--no-torch", "--old", "kernels/shuffle.py"])
+    assert "kernels/X.py=PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dev.main(["--cases", "tiny_conv", "--no-torch", "--old", f"kernels/im2col.py={dev.__file__}"])
+    assert "does not call kernels/im2col.py" in capsys.readouterr().err
