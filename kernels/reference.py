@@ -861,3 +861,26 @@ def channel_shuffle_backward(grad_output, groups):
     for g, k in ndindex(groups, per_group):
         grad_input[:, g * per_group + k] = grad_output[:, k * groups + g]
     return grad_input
+
+
+# ---------------------------------------------------------------------------
+# ReLU
+# ---------------------------------------------------------------------------
+def relu_forward(x):
+    """y[i] = x[i] if x[i] > 0 else 0, one element at a time (NaN passes through, as np.maximum)."""
+    y = np.zeros_like(x)
+    flat_x, flat_y = x.reshape(-1), y.reshape(-1)
+    for i in range(flat_x.size):
+        if flat_x[i] > 0 or flat_x[i] != flat_x[i]:
+            flat_y[i] = flat_x[i]
+    return y
+
+
+def relu_backward(grad_output, x):
+    """grad_input[i] = grad_output[i] if x[i] > 0 else 0."""
+    grad_input = np.zeros_like(x)
+    flat_g, flat_x, flat_gi = grad_output.reshape(-1), x.reshape(-1), grad_input.reshape(-1)
+    for i in range(flat_x.size):
+        if flat_x[i] > 0:
+            flat_gi[i] = flat_g[i]
+    return grad_input

@@ -125,3 +125,34 @@ def test_manual_seed_makes_dropout_reproducible():
     tinyconv.manual_seed(3)
     np.testing.assert_array_equal(a, F.dropout(x).data)
     assert tinyconv.Tensor is Tensor
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_kernels_match_reference(dtype):
+    from kernels import activation, reference
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 4, 5, 6)).astype(dtype)
+    x[0, 0, 0, :4] = [np.nan, 0.0, -0.0, -np.inf]
+    g = rng.normal(size=x.shape).astype(dtype)
+    g[0, 0, 1, 0] = np.inf
+    x[0, 0, 1, 0] = -1.0
+    y = activation.relu_forward(x)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    np.testing.assert_array_equal(y, reference.relu_forward(x))
+    np.testing.assert_array_equal(y, np.maximum(x, 0))
+    gi = activation.relu_backward(g, x)
+    assert gi.dtype == x.dtype
+    np.testing.assert_array_equal(gi, reference.relu_backward(g, x))
+    assert gi[0, 0, 1, 0] == 0  # an infinite gradient where x <= 0 gives 0, not NaN
+    np.testing.assert_array_equal(activation.relu_backward(g, y), gi)  # the output gives the same mask
+    xt = x.transpose(0, 2, 1, 3)  # a non-contiguous input
+    np.testing.assert_array_equal(activation.relu_forward(xt), reference.relu_forward(np.ascontiguousarray(xt)))
+
+
+def test_relu_through_the_tape_matches_numpy():
+    x = Tensor(np.random.default_rng(1).normal(size=(2, 3, 4)).astype(np.float32), requires_grad=True)
+    y = F.relu(x)
+    g = np.random.default_rng(2).normal(size=y.shape)
+    y.backward(g)
+    np.testing.assert_array_equal(y.data, np.maximum(x.data, 0))
+    np.testing.assert_array_equal(x.grad, (g * (x.data > 0)).astype(np.float32))

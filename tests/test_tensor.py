@@ -288,3 +288,46 @@ def test_gradcheck_leaves_inputs_unchanged():
     before = x.data.copy()
     gradcheck(lambda t: t.exp(), [x])
     np.testing.assert_array_equal(x.data, before)
+
+
+def test_joins_add_in_place_only_into_arrays_the_tape_owns():
+    # a residual join: the first contribution, made fresh for x alone, takes the second in place
+    made = []
+
+    def fresh(g):
+        made.append(g * 2.0)
+        return (made[-1],)
+
+    x = Tensor(np.ones(4), requires_grad=True)
+    y = Tensor._make(x.data * 2.0, (x,), fresh, "double")
+    (y + x * 3.0).backward(np.arange(4.0))
+    assert x.grad is made[0]
+    np.testing.assert_array_equal(x.grad, 5.0 * np.arange(4.0))
+    # contributions that are the seed itself, or one array handed to two parents, are never changed
+    seed = np.arange(4.0)
+    a, b = Tensor(np.ones(4), requires_grad=True), Tensor(np.ones(4), requires_grad=True)
+    s = a + b
+    (s + a).backward(seed)   # a receives the seed twice, b once
+    np.testing.assert_array_equal(seed, np.arange(4.0))
+    np.testing.assert_array_equal(a.grad, 2.0 * seed)
+    np.testing.assert_array_equal(b.grad, seed)
+    c = Tensor(np.ones(4), requires_grad=True)
+    d = Tensor(np.ones(4), requires_grad=True)
+    t = c * 2.0               # t's grad (2·seed, fresh) goes on to both parents of u = t + d unchanged
+    (((t + d) * 1.0) + c).backward(seed)
+    np.testing.assert_array_equal(d.grad, seed)
+    np.testing.assert_array_equal(c.grad, 3.0 * seed)
+
+
+@pytest.mark.parametrize("index", [(slice(None), slice(None, None, -2)), (Ellipsis, None, np.int64(-1)),
+                                   (1, slice(1, 3)), slice(None), (np.array([True, False, True]),),
+                                   ([0, 0], slice(None))])
+def test_indexing_backward_equals_add_at(index):
+    # basic indices take a slice assignment, advanced ones np.add.at: both must give the add.at sum
+    x = Tensor(np.arange(12.0).reshape(3, 4), requires_grad=True)
+    y = x[index]
+    g = np.random.default_rng(0).normal(size=y.shape)
+    y.backward(g)
+    expected = np.zeros((3, 4))
+    np.add.at(expected, index, g)
+    np.testing.assert_array_equal(x.grad, expected)

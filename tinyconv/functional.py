@@ -15,7 +15,7 @@ import numbers
 
 import numpy as np
 
-from kernels import batchnorm, pool, shuffle
+from kernels import activation, batchnorm, pool, shuffle
 from kernels import conv2d as dense_conv, conv_transpose, deform, depthwise
 from kernels.im2col import conv_output_size
 from tinyconv import cuda, random
@@ -88,8 +88,12 @@ def _elementwise(x, y, local_grad, name):
 
 
 def relu(input):
+    """max(x, 0); on the CPU one compiled pass each way (kernels/activation.py)."""
     x = _check_tensor(input, "input")
-    return _elementwise(x, np.maximum(x.data, 0), lambda: x.data > 0, "relu")
+    if x.device != "cpu":
+        return _elementwise(x, np.maximum(x.data, 0), lambda: x.data > 0, "relu")
+    y = activation.relu_forward(x.data)
+    return Tensor._make(y, (x,), lambda g: (activation.relu_backward(g, y),), "relu")  # y > 0 exactly where x > 0
 
 
 def relu6(input):

@@ -71,6 +71,12 @@ def _as_float_array(data, dtype=None, name="data"):
     return arr.astype(dtype, copy=False)
 
 
+def _owned(g, handed_out):
+    """True when g is a NumPy array this backward pass made for one node alone (see _own): safe to change in place."""
+    return (isinstance(g, np.ndarray) and g.base is None and g.flags.writeable
+            and handed_out.get(id(g), 0) == 1)
+
+
 def _own(g, handed_out):
     """g itself if this backward pass made it for one node alone, else a copy.
 
@@ -255,7 +261,11 @@ class Tensor:
                 pg = unbroadcast(pg, parent.shape).astype(parent.dtype, copy=False)
                 key = id(parent)
                 if key in grads:
-                    pg = grads[key] + pg  # a new array
+                    total = grads[key]
+                    if _owned(total, handed_out):
+                        total += pg  # a join (residual): add into the array the tape owns, no new 8 MB array
+                        continue
+                    pg = total + pg  # a new array
                 handed_out[id(pg)] = handed_out.get(id(pg), 0) + 1
                 grads[key] = pg
 
@@ -469,7 +479,10 @@ class Tensor:
 
         def backward(g):
             grad = np.zeros(shape, dtype=dtype) if device == "cpu" else DeviceArray.full(shape, 0, dtype)
-            np.add.at(grad, index, g)  # add.at: repeated indices accumulate
+            if device == "cpu" and _is_basic_index(index):
+                grad[index] = g  # a view names each element at most once: assignment is the adjoint
+            else:
+                np.add.at(grad, index, g)  # add.at: repeated indices accumulate
             return (grad,)
 
         return Tensor._make(self.data[index], (self,), backward, "getitem")
@@ -487,6 +500,13 @@ class Tensor:
 def _array(y):
     """A reduction's result as an array: NumPy returns scalars for full reductions; device arrays stay."""
     return y if isinstance(y, DeviceArray) else np.asarray(y)
+
+
+def _is_basic_index(index):
+    """True for NumPy basic indexing (ints, slices, None, ...): the result is a view, no element twice."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(p is None or p is Ellipsis or isinstance(p, slice)
+               or (isinstance(p, (int, np.integer)) and not isinstance(p, (bool, np.bool_))) for p in parts)
 
 
 def _raw(x):
