@@ -32,14 +32,12 @@ from kernels.conv2d import _serial_if_small  # small work on one thread (waking 
 @njit(cache=True, parallel=True)
 def _shuffle(x, groups, y):
     # N batch, C channels, L = H·W; x, y (N, C, L); m = C // groups channels per group
-    N, C, L = x.shape
+    N, C = x.shape[:2]
     m = C // groups
     for plane in prange(N * C):
         n, o = plane // C, plane % C
         j, i = o // groups, o % groups  # output channel o = j·groups + i
-        src = i * m + j
-        for l in range(L):
-            y[n, o, l] = x[n, src, l]
+        y[n, o, :] = x[n, i * m + j, :]  # one contiguous plane
 
 
 def channel_shuffle_forward(x, groups):
