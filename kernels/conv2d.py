@@ -22,7 +22,7 @@ Gradients (L the loss, grad_output = ∂L/∂y):
     grad_weight[g]    = Σ_n grad_output[n, g] · cols[n, g]ᵀ    (= grad_output ⋆ x)
     grad_bias         = Σ_{n, i, j} grad_output[n, :, i, j]
 
-Three routes compute these GEMMs (_route), all through kernels/blas.py's gemm:
+Four routes compute these GEMMs (_route), all through kernels/blas.py's gemm:
 
 * im2col, exactly the formulas above; Y is written in place into the
   NCHW output.
@@ -50,22 +50,39 @@ Three routes compute these GEMMs (_route), all through kernels/blas.py's gemm:
   cols_ext[(c, p, q), e] = planes[c, e + shift_pq] (one contiguous copy
   per row, no boundary tests) against grad_output spread to rows `width`
   long with zeros in the junk columns.
+* pixel rows: the same padded pixels, copied once more into one row per
+  output pixel, tap by tap (channels last, im2col transposed, no junk):
+  rows[i·out_w + j, (p·k_w + q)·C_in/G + c] = pixels[tap_start_pq + i·width + j, c]
+  (any stride, through the phases). Several samples of one group are
+  stacked, their rows one under the other (as many as fit in _ROWS_BYTES),
+  and each stack is one GEMM with K = k_h·k_w·C_in/G:
+
+      Y_rows (S·L, C_out/G) = rows (S·L, k_h·k_w·C_in/G) · W[g] as (k_h·k_w·C_in/G, C_out/G)
+      grad_weight[g] as (k_h·k_w·C_in/G, C_out/G) += rowsᵀ · grad_output[stack, g] as (C_out/G, S·L)ᵀ
+
+  (L = out_h·out_w; grad_input at stride 1 as for shifted windows).
 
 _route picks one per pass: pointwise where it applies, else shifted
 windows, except im2col for the forward and grad_input with fewer than
 _SHIFTED_MIN_CHANNELS input channels a group (K = C_in/G is then too small
-for BLAS), and col2im / im2col for grad_input and grad_weight at stride > 1.
+for BLAS), col2im / im2col for grad_input and grad_weight at stride > 1,
+and pixel rows for every pass with at least _SHIFTED_MIN_CHANNELS input
+channels a group whose plane (the output's; grad_input's: the input's, at
+stride 1 only) has at most _ROWS_MAX_PIXELS pixels: there the windows'
+junk is a large share (out_w = 8: 2 of every 10 columns) and their
+per-tap GEMMs (8x8: 80 x C x O) are small.
 
 Threads: the (sample, group) work items are cut into B contiguous blocks,
 B = min(N·G, NUMBA_NUM_THREADS), and one prange runs over the blocks. Each
-block copies one item at a time into its own buffers, reused for all its
-items, and calls a single-threaded GEMM (SciPy's OpenBLAS, pinned to 1
+block copies one item (pixel rows: one stack) at a time into its own
+buffers, reused for all its items, and calls a single-threaded GEMM (SciPy's OpenBLAS, pinned to 1
 thread when `tinyconv` is imported, see tinyconv/threads.py), writing only
 its own items' outputs. grad_weight sums into one private accumulator per
 block (fewer blocks when B copies of the weight would pass _PARTIAL_BYTES),
 and the accumulators are added up after the loop in block order: no races,
 and since B does not depend on set_num_threads, the same answer bit for bit
-at any thread count. Memory: one item's columns or padded planes per block,
+at any thread count. Memory: one item's columns or padded planes per block
+(pixel rows: one stack's, at most _ROWS_BYTES unless one sample needs more),
 never the whole batch's. The work is parallel over samples and groups only:
 a batch of one with groups=1 runs on one thread; so does any convolution
 below _SERIAL_MULTIPLY_ADDS, where waking threads would cost more.
@@ -85,11 +102,13 @@ from numba import njit, prange
 
 from kernels.blas import gemm
 from kernels.im2col import (col2im_sample, conv_output_size, copy_1d, extended_im2col_sample, im2col_sample,
-                            pixel_major_sample, shifted_geometry, shifted_runs, tap_start)
+                            pixel_major_sample, pixel_rows_sample, shifted_geometry, shifted_runs, tap_start)
 
 _SERIAL_MULTIPLY_ADDS = 2**20  # below this (~0.02 ms of GEMM on one core), one thread: see _serial_if_small
 _PARTIAL_BYTES = 64 * 2**20  # at most this much memory for grad_weight's per-block accumulators (or one)
 _SHIFTED_MIN_CHANNELS = 8  # stride-1 forward / grad_input by shifted windows from this many C_in/G (see _route)
+_ROWS_MAX_PIXELS = 8 * 8  # pixel rows instead of shifted windows on planes this small (see _route)
+_ROWS_BYTES = 2**20  # pixel rows: at most this much of them a GEMM (one sample's at least)
 
 
 def conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
@@ -112,7 +131,7 @@ def conv2d_backward(grad_output, x, weight, stride, padding, dilation, groups, n
 
 
 # ---------------------------------------------------------------------------
-# the three GEMM routes, shared with conv_transpose2d (Chainer's pairing)
+# the GEMM routes, shared with conv_transpose2d (Chainer's pairing)
 # ---------------------------------------------------------------------------
 def _conv2d(x, weight, bias, out_size, stride, padding, dilation, groups):
     """y = W · cols + b per (sample, group), with the output size given (conv_transpose2d's grad needs that)."""
@@ -124,10 +143,9 @@ def _conv2d(x, weight, bias, out_size, stride, padding, dilation, groups):
     bias = np.ascontiguousarray(bias, dtype=x.dtype).reshape(groups, -1)                     # (G, O/G)
     geometry = _geometry(weight.shape[2:], stride, padding, dilation, out_size, (h, w))
     with _serial_if_small(n * c_out * weight[0].size * out_size[0] * out_size[1]):
-        if _route("forward", stride, geometry, weight.shape[1]) == _SHIFTED:
-            _shifted_kernel(_grouped_input(x, groups), _taps(weight, groups, flip=False), bias,
-                            _grouped_input(y, groups), padding[0], padding[1], stride[0], stride[1], dilation[0],
-                            dilation[1], _blocks(n * groups))
+        route = _route("forward", stride, geometry, weight.shape[1], out_size)
+        if route in (_SHIFTED, _ROWS):
+            _shifted(route, x, _taps(weight, groups, flip=False), bias, y, padding, stride, dilation, groups)
         else:
             _forward_kernel(_grouped_input(x, groups),
                             np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1),  # (G, O/G, C_in/G·k_h·k_w)
@@ -144,11 +162,12 @@ def _conv2d_grad_input(grad_output, weight, x_shape, stride, padding, dilation, 
     grad_input = np.empty(x_shape, dtype=grad_output.dtype)
     geometry = _geometry(weight.shape[2:], stride, padding, dilation, grad_output.shape[2:], x_shape[2:])
     with _serial_if_small(grad_output.size * weight[0].size):
-        if _route("grad_input", stride, geometry, weight.shape[1]) == _SHIFTED:
-            _shifted_kernel(_grouped_input(grad_output, groups), _taps(weight, groups, flip=True),
-                            np.zeros((groups, x_shape[1] // groups), dtype=grad_output.dtype),
-                            _grouped_input(grad_input, groups), dilation[0] * (k_h - 1) - padding[0],
-                            dilation[1] * (k_w - 1) - padding[1], 1, 1, dilation[0], dilation[1], _blocks(n * groups))
+        route = _route("grad_input", stride, geometry, weight.shape[1], x_shape[2:])
+        if route in (_SHIFTED, _ROWS):
+            _shifted(route, grad_output, _taps(weight, groups, flip=True),
+                     np.zeros((groups, x_shape[1] // groups), dtype=grad_output.dtype), grad_input,
+                     (dilation[0] * (k_h - 1) - padding[0], dilation[1] * (k_w - 1) - padding[1]), (1, 1), dilation,
+                     groups)
         else:
             w_t = np.ascontiguousarray(weight).reshape(groups, c_out // groups, -1).transpose(0, 2, 1)
             _grad_input_kernel(np.ascontiguousarray(grad_output).reshape(n, groups, c_out // groups, -1),  # (N, G, O/G, L)
@@ -166,12 +185,22 @@ def _conv2d_grad_weight(grad_output, x, weight_shape, stride, padding, dilation,
     blocks = max(1, min(_blocks(n * groups), _PARTIAL_BYTES // weight_bytes))  # bounded memory, still fixed
     partial = np.zeros((blocks, groups, int(np.prod(weight_shape[1:])), c_out // groups), dtype=x.dtype)
     geometry = _geometry(weight_shape[2:], stride, padding, dilation, grad_output.shape[2:], x.shape[2:])
+    route = _route("grad_weight", stride, geometry, weight_shape[1], grad_output.shape[2:])
     with _serial_if_small(grad_output.size * int(np.prod(weight_shape[1:]))):
-        _grad_weight_kernel(_grouped_input(grad_output, groups), _grouped_input(x, groups), partial,
-                            *geometry[:-1], _route("grad_weight", stride, geometry, weight_shape[1]))
+        if route == _ROWS:
+            stack = _rows_stack(n, grad_output.shape[2:], partial.shape[2], x.itemsize)
+            _rows_grad_weight_kernel(_grouped_input(grad_output, groups), _grouped_input(x, groups), partial,
+                                     *geometry[:-3], stack)
+        else:
+            _grad_weight_kernel(_grouped_input(grad_output, groups), _grouped_input(x, groups), partial,
+                                *geometry[:-1], route)
     grad_weight_t = partial[0]                                                # (G, C_in/G·k_h·k_w, O/G)
     for b in range(1, blocks):  # block order: the same sum at any thread count
         grad_weight_t += partial[b]
+    if route == _ROWS:  # its rows are in tap-major order (p, q, c)
+        c_out, c_group, k_h, k_w = weight_shape
+        grad_weight_t = grad_weight_t.reshape(groups, k_h, k_w, c_group, c_out // groups)  # (G, k_h, k_w, C/G, O/G)
+        return np.ascontiguousarray(grad_weight_t.transpose(0, 4, 3, 1, 2)).reshape(weight_shape)
     return np.ascontiguousarray(grad_weight_t.transpose(0, 2, 1)).reshape(weight_shape)
 
 
@@ -207,22 +236,53 @@ def _geometry(kernel_size, stride, padding, dilation, out_size, in_size):
             out_size[0], out_size[1], pointwise)
 
 
-_IM2COL, _POINTWISE, _SHIFTED = 0, 1, 2
+_IM2COL, _POINTWISE, _SHIFTED, _ROWS = 0, 1, 2, 3
 
 
-def _route(pass_, stride, geometry, c_group):
+def _route(pass_, stride, geometry, c_group, plane):
     """Which GEMMs for pass_ ("forward", "grad_input" or "grad_weight"): x itself as the columns (pointwise),
-    shifted windows, or im2col. Measured on this machine's OpenBLAS:
+    shifted windows, pixel rows, or im2col; plane is the (h, w) size the pass writes. Measured on this
+    machine's OpenBLAS:
     * the shifted forward's (and grad_input's) GEMMs have K = C_in/G (grad_input's N = C_in/G): with fewer
       than _SHIFTED_MIN_CHANNELS input channels a group, im2col's K = C_in/G·k_h·k_w is faster;
+    * on planes of at most _ROWS_MAX_PIXELS pixels the windows' junk columns are a large share
+      (out_w = 8: 2 of every 10) and the per-tap GEMMs small: pixel rows, several samples a GEMM, win
+      (ResNet-20's 64->64 at 8x8, batch 128: forward 8.4 -> 6.0 ms; about even at 16x16, 32 channels; slower
+      at 32x32, 16 channels, where the copies are 16 channels long);
     * grad_input by shifted windows needs stride 1 (it is a convolution only then);
     * grad_weight's extended columns at stride > 1 are slower than im2col's (phases of short runs), so
       the forward alone splits strided samples into phases."""
     if geometry[-1]:
         return _POINTWISE
-    if pass_ != "grad_weight" and c_group < _SHIFTED_MIN_CHANNELS:
+    if c_group >= _SHIFTED_MIN_CHANNELS and plane[0] * plane[1] <= _ROWS_MAX_PIXELS and (
+            pass_ != "grad_input" or tuple(stride) == (1, 1)):
+        return _ROWS
+    if pass_ == "grad_weight":
+        return _SHIFTED if tuple(stride) == (1, 1) else _IM2COL
+    if c_group < _SHIFTED_MIN_CHANNELS or (pass_ == "grad_input" and tuple(stride) != (1, 1)):
         return _IM2COL
-    return _SHIFTED if pass_ == "forward" or tuple(stride) == (1, 1) else _IM2COL
+    return _SHIFTED
+
+
+def _shifted(route, x, taps, bias, y, pad, stride, dilation, groups):
+    """y = x convolved with taps (G, k_h, k_w, C/G, O/G) + bias by shifted windows or pixel rows (route);
+    pad is the (top, left) padding, negative for a crop. Pixel rows stack as many samples a GEMM as fit in
+    _ROWS_BYTES of rows (at least one)."""
+    n = x.shape[0]
+    x, y = _grouped_input(x, groups), _grouped_input(y, groups)  # (N, G, C/G, H, W), (N, G, O/G, out_h, out_w)
+    if route == _SHIFTED:
+        _shifted_kernel(x, taps, bias, y, pad[0], pad[1], stride[0], stride[1], dilation[0], dilation[1],
+                        _blocks(n * groups))
+        return
+    _, k_h, k_w, c_group, o_group = taps.shape
+    _rows_kernel(x, taps.reshape(groups, k_h * k_w * c_group, o_group), bias, y, k_h, k_w,  # (G, k_h·k_w·C/G, O/G)
+                 pad[0], pad[1], stride[0], stride[1], dilation[0], dilation[1],
+                 _rows_stack(n, y.shape[3:], k_h * k_w * c_group, x.itemsize), _blocks(n * groups))
+
+
+def _rows_stack(n, plane, row_size, itemsize):
+    """How many samples a pixel-rows GEMM stacks: as many as fit in _ROWS_BYTES, at least one, at most n."""
+    return max(1, min(n, _ROWS_BYTES // (plane[0] * plane[1] * row_size * itemsize)))
 
 
 @contextmanager
@@ -285,6 +345,90 @@ def _shifted_kernel(x, taps, bias, y, pad_top, pad_left, stride_h, stride_w, dil
                     target = y[n, g, o, i]
                     for j in range(out_w):
                         target[j] = source[j, o] + bias[g, o]
+
+
+@njit(cache=True)
+def _tap_starts(k_h, k_w, stride_h, stride_w, dil_h, dil_w, width, phase_size):
+    """tap_start of every tap t = p·k_w + q (computed once: its divisions cost more than a row's copy)."""
+    starts = np.empty(k_h * k_w, dtype=np.int64)
+    for t in range(k_h * k_w):
+        starts[t] = tap_start(t // k_w, t % k_w, stride_h, stride_w, dil_h, dil_w, width, phase_size)
+    return starts
+
+
+@njit(cache=True)
+def _stack_rows(x, n0, count, g, pixels, rows, runs, starts, stride_w, width, out_h, out_w):
+    """rows[s·L:(s + 1)·L] = the pixel rows of sample n0 + s, group g, for s < count (L = out_h·out_w)."""
+    length = out_h * out_w
+    for s in range(count):
+        pixel_major_sample(x[n0 + s, g], pixels, runs, stride_w)
+        pixel_rows_sample(pixels, rows[s * length:(s + 1) * length], starts, width, out_h, out_w)
+
+
+@njit(cache=True, parallel=True)
+def _rows_kernel(x, taps, bias, y, k_h, k_w, pad_top, pad_left, stride_h, stride_w, dil_h, dil_w, stack, blocks):
+    # x (N, G, C/G, H, W); taps (G, k_h·k_w·C/G, O/G); bias (G, O/G); y (N, G, O/G, out_h, out_w).
+    # Items are ordered group-major (item = g·N + n) and up to `stack` samples of one group share a GEMM:
+    # rows (stack·L, k_h·k_w·C/G), one row per output pixel (pixel_rows_sample), y_rows = rows · taps[g]
+    n_batch, groups, c_group = x.shape[:3]
+    k, o_group = taps.shape[1:]
+    out_h, out_w = y.shape[3:]
+    width, phase_size = shifted_geometry(k_h, k_w, stride_h, stride_w, dil_h, dil_w, out_h, out_w)
+    runs = shifted_runs(x.shape[3], x.shape[4], pad_top, pad_left, stride_h, stride_w, width, phase_size)
+    starts = _tap_starts(k_h, k_w, stride_h, stride_w, dil_h, dil_w, width, phase_size)
+    length = out_h * out_w
+    for b in prange(blocks):
+        pixels = np.zeros((stride_h * stride_w * phase_size, c_group), dtype=x.dtype)  # this block's own
+        rows = np.empty((stack * length, k), dtype=x.dtype)                            # buffers; padding stays 0
+        y_rows = np.empty((stack * length, o_group), dtype=x.dtype)
+        lo, hi = _block(b, blocks, n_batch * groups)
+        item = lo
+        while item < hi:
+            g, n0 = item // n_batch, item % n_batch
+            count = min(stack, hi - item, n_batch - n0)
+            _stack_rows(x, n0, count, g, pixels, rows, runs, starts, stride_w, width, out_h, out_w)
+            # (count·L, O/G) = (count·L, k_h·k_w·C/G) · (k_h·k_w·C/G, O/G)
+            gemm(False, False, count * length, o_group, k, 1.0, rows.ravel(), 0, k, taps[g].ravel(), 0, o_group,
+                 0.0, y_rows.ravel(), 0, o_group)
+            for s in range(count):
+                source = y_rows[s * length:(s + 1) * length]  # (L, O/G)
+                for o in range(o_group):
+                    target = y[n0 + s, g, o].ravel()
+                    for e in range(length):
+                        target[e] = source[e, o] + bias[g, o]
+            item += count
+
+
+@njit(cache=True, parallel=True)
+def _rows_grad_weight_kernel(grad_output, x, partial, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                             stack):
+    # grad_output (N, G, O/G, out_h, out_w); x (N, G, C/G, H, W); partial (B, G, k_h·k_w·C/G, O/G), rows in
+    # tap-major order. Items group-major as in _rows_kernel; block b sums into partial[b] only:
+    # partial[b, g] += rowsᵀ · gradsᵀ, rows (count·L, k_h·k_w·C/G), grads (O/G, count·L) the samples'
+    # grad_output side by side
+    n_batch, groups, o_group, out_h, out_w = grad_output.shape
+    blocks, k = partial.shape[0], partial.shape[2]
+    width, phase_size = shifted_geometry(k_h, k_w, stride_h, stride_w, dil_h, dil_w, out_h, out_w)
+    runs = shifted_runs(x.shape[3], x.shape[4], pad_h, pad_w, stride_h, stride_w, width, phase_size)
+    starts = _tap_starts(k_h, k_w, stride_h, stride_w, dil_h, dil_w, width, phase_size)
+    length = out_h * out_w
+    for b in prange(blocks):
+        pixels = np.zeros((stride_h * stride_w * phase_size, x.shape[2]), dtype=x.dtype)  # this block's own
+        rows = np.empty((stack * length, k), dtype=x.dtype)
+        grads = np.empty((o_group, stack * length), dtype=x.dtype)
+        lo, hi = _block(b, blocks, n_batch * groups)
+        item = lo
+        while item < hi:
+            g, n0 = item // n_batch, item % n_batch
+            count = min(stack, hi - item, n_batch - n0)
+            _stack_rows(x, n0, count, g, pixels, rows, runs, starts, stride_w, width, out_h, out_w)
+            for s in range(count):
+                for o in range(o_group):
+                    copy_1d(grad_output[n0 + s, g, o].ravel(), grads[o, s * length:(s + 1) * length])
+            # (k_h·k_w·C/G, O/G) += (count·L, k_h·k_w·C/G)ᵀ · (O/G, count·L)ᵀ, accumulated by BLAS (beta = 1)
+            gemm(True, True, k, o_group, count * length, 1.0, rows.ravel(), 0, k, grads.ravel(), 0, stack * length,
+                 1.0, partial[b, g].ravel(), 0, o_group)
+            item += count
 
 
 @njit(cache=True, parallel=True)

@@ -28,7 +28,10 @@ columns and planes are disjoint.
 At stride 1 conv2d's shifted-window route copies a sample once instead,
 padded and flattened with rows `width` pixels long (pixel_major_sample:
 channels last; extended_im2col_sample: one plane per channel, then every
-tap's window of it as one contiguous column row). See kernels/conv2d.py.
+tap's window of it as one contiguous column row). Its pixel-rows route
+(small planes, any stride) copies those channels-last pixels once more,
+one row per output pixel holding every tap's C channels (pixel_rows_sample:
+im2col transposed, K = k_h·k_w·C contiguous). See kernels/conv2d.py.
 
 >>> import numpy as np
 >>> x = np.arange(2 * 3 * 5 * 5, dtype=np.float64).reshape(2, 3, 5, 5)
@@ -232,3 +235,16 @@ def copy_1d(source, target):
     for e in range(target.shape[0]):
         target[e] = source[e]
 
+
+
+
+@njit(cache=True)
+def pixel_rows_sample(pixels, rows, starts, width, out_h, out_w):
+    """rows (out_h·out_w, T·C): row i·out_w + j holds, tap by tap, the C channels output pixel (i, j) reads:
+    rows[i·out_w + j, t·C + c] = pixels[starts[t] + i·width + j, c], starts[t] = tap_start of tap t = p·k_w + q."""
+    channels = pixels.shape[1]
+    for i in range(out_h):
+        for j in range(out_w):
+            target = rows[i * out_w + j]
+            for t in range(starts.shape[0]):
+                copy_1d(pixels[starts[t] + i * width + j], target[t * channels:(t + 1) * channels])

@@ -86,11 +86,12 @@ def _forward_and_grads(x, w, b, g, args):
 
 
 CONFIG_FOR_SPLITS = ((5, 4, 7, 6), (6, 2, 3, 2), (2, 1), (1, 2), (1, 2), 2)   # strided: the im2col route
-CONFIG_SHIFTED = ((5, 16, 7, 6), (6, 8, 3, 2), (1, 1), (1, 2), (2, 1), 2)      # stride 1, 8 channels a group
-GRAD_SHAPES = {CONFIG_FOR_SPLITS: GRAD_SHAPE, CONFIG_SHIFTED: (5, 6, 5, 9)}
+CONFIG_SHIFTED = ((5, 16, 7, 6), (6, 8, 3, 2), (1, 1), (1, 2), (2, 1), 2)      # stride 1, 8 channels a group: rows
+CONFIG_WINDOWS = ((3, 16, 17, 16), (6, 8, 3, 2), (1, 1), (1, 2), (2, 1), 2)    # the same, planes > 8x8: windows
+GRAD_SHAPES = {CONFIG_FOR_SPLITS: GRAD_SHAPE, CONFIG_SHIFTED: (5, 6, 5, 9), CONFIG_WINDOWS: (3, 6, 15, 19)}
 
 
-@pytest.mark.parametrize("config", [CONFIG_FOR_SPLITS, CONFIG_SHIFTED])
+@pytest.mark.parametrize("config", [CONFIG_FOR_SPLITS, CONFIG_SHIFTED, CONFIG_WINDOWS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_one_and_two_threads_give_identical_results(monkeypatch, dtype, config):
     """The work is cut into NUMBA_NUM_THREADS blocks whatever set_num_threads says: bit-identical answers."""
@@ -109,7 +110,7 @@ def test_one_and_two_threads_give_identical_results(monkeypatch, dtype, config):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("config", [CONFIG_FOR_SPLITS, CONFIG_SHIFTED])
+@pytest.mark.parametrize("config", [CONFIG_FOR_SPLITS, CONFIG_SHIFTED, CONFIG_WINDOWS])
 @pytest.mark.parametrize("blocks", [1, 2, 3, 10])
 def test_results_do_not_depend_on_the_split_into_blocks(monkeypatch, blocks, config):
     """Any number of blocks (one item, several, all in one): the same y and grad_input bit for bit, and
@@ -165,17 +166,21 @@ def test_results_do_not_depend_on_the_batch_split():
 
 
 @settings(max_examples=40, deadline=None)
-@given(conv_configs(), st.booleans(), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
-def test_shifted_route_matches_reference(config, with_bias, dtype, seed):
-    """Shifted windows forced on the small drawn shapes (they need 8 channels a group otherwise): every
-    stride (split into phases), padding (also above d·(k - 1): grad_input's padding is then negative) and
-    dilation. grad_input and grad_weight take it at stride 1 only (grad_weight whatever the channels)."""
+@given(conv_configs(), st.booleans(), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31),
+       st.sampled_from(["_shifted_kernel", "_rows_kernel"]), st.sampled_from([1, 2**20]))
+def test_shifted_route_matches_reference(config, with_bias, dtype, seed, kernel, rows_bytes):
+    """Shifted windows or pixel rows (one sample a GEMM, or all that fit) forced on the small drawn shapes
+    (they need 8 channels a group otherwise): every stride (split into phases), padding (also above
+    d·(k - 1): grad_input's padding is then negative) and dilation. grad_input takes them at stride 1 only;
+    grad_weight takes pixel rows at every stride with them, else the extended columns at stride 1."""
     _, w_shape, s, p, d, groups = config
     x, w, b, rng = operands(config, dtype, seed)
     b = b if with_bias else None
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dense_conv, "_SHIFTED_MIN_CHANNELS", 1)
-        seen = record_thread_counts(patch, dense_conv, "_shifted_kernel")
+        patch.setattr(dense_conv, "_ROWS_MAX_PIXELS", 0 if kernel == "_shifted_kernel" else 10**9)
+        patch.setattr(dense_conv, "_ROWS_BYTES", rows_bytes)
+        seen = record_thread_counts(patch, dense_conv, kernel)
         y = dense_conv.conv2d_forward(x, w, b, s, p, d, groups)
         g = rng.standard_normal(y.shape).astype(dtype)
         grads = dense_conv.conv2d_backward(g, x, w, s, p, d, groups)
@@ -188,11 +193,13 @@ def test_shifted_route_matches_reference(config, with_bias, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_shifted_route_taken_from_eight_channels(monkeypatch, dtype):
-    """At stride 1 with 8 input channels a group conv2d runs by shifted windows; 4 channels take im2col."""
-    seen = record_thread_counts(monkeypatch, dense_conv, "_shifted_kernel")
+@pytest.mark.parametrize("plane, kernel", [((6, 5), "_rows_kernel"), ((17, 16), "_shifted_kernel")])
+def test_shifted_route_taken_from_eight_channels(monkeypatch, dtype, plane, kernel):
+    """At stride 1 with 8 input channels a group conv2d's forward and grad_input run by pixel rows on planes
+    of at most 8x8 pixels, by shifted windows on larger ones; 4 channels take im2col."""
+    seen = record_thread_counts(monkeypatch, dense_conv, kernel)
     for c_group, calls in ((8, 2), (4, 0)):
-        config = ((2, 2 * c_group, 6, 5), (4, c_group, 3, 2), (1, 1), (1, 2), (2, 1), 2)
+        config = ((2, 2 * c_group) + plane, (4, c_group, 3, 2), (1, 1), (1, 2), (2, 1), 2)
         x, w, b, rng = operands(config, dtype, 1)
         seen.clear()
         y = dense_conv.conv2d_forward(x, w, b, *config[2:])

@@ -54,9 +54,11 @@ def test_conv_transpose2d_kernels_match_reference(config, with_bias, dtype, seed
 
 
 @settings(max_examples=30, deadline=None)
-@given(transpose_configs(), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
-def test_conv_transpose2d_shifted_route_matches_reference(config, dtype, seed):
-    """Stride 1 (output_padding < dilation) by conv2d's shifted windows, forced on the small drawn shapes."""
+@given(transpose_configs(), st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31),
+       st.sampled_from([0, 10**9]))
+def test_conv_transpose2d_shifted_route_matches_reference(config, dtype, seed, rows_max_pixels):
+    """Stride 1 (output_padding < dilation) by conv2d's shifted windows or pixel rows, forced on the small
+    drawn shapes."""
     x_shape, w_shape, _, p, _, groups, d = config
     op = tuple(min(config[4][a], d[a] - 1) for a in range(2))
     args = ((1, 1), p, op, groups, d)
@@ -65,6 +67,7 @@ def test_conv_transpose2d_shifted_route_matches_reference(config, dtype, seed):
     x, w, b, rng = operands(config, dtype, seed)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(dense_conv, "_SHIFTED_MIN_CHANNELS", 1)
+        patch.setattr(dense_conv, "_ROWS_MAX_PIXELS", rows_max_pixels)
         y = conv_transpose.conv_transpose2d_forward(x, w, b, *args)
         g = rng.standard_normal(y.shape).astype(dtype)
         grads = conv_transpose.conv_transpose2d_backward(g, x, w, *args)
