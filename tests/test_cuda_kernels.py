@@ -13,6 +13,7 @@ generator, so each run checks the same few cases.
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -117,6 +118,52 @@ else:
         np.testing.assert_allclose(host(c), np.matmul(np.concatenate([a, a]), b), **TIGHT)
         s = cuda_gemm.matmul_into(cuda_device.empty((2, 3, 5), np.float64), a, b, n_sum=2)  # s·2 + g
         np.testing.assert_allclose(host(s), a @ b[:2] + a @ b[2:], **TIGHT)
+
+    @pytest.mark.skipif(not cuda_device.SIMULATOR, reason="a simulator race: real shared memory is hardware")
+    def test_block_threads_share_one_shared_array_under_thread_switches(monkeypatch):
+        """Regression: numba's simulator looks a shared array up, then allocates it, in two steps; a thread
+        switch between them gave two threads of one block different arrays (GEMM tiles, reduction partials),
+        hence a now-and-then garbage gradient in test_cuda_models. Here every look-up hands the GIL to the
+        block's other threads, so all of them enter that window (kernels/cuda/device.py makes it atomic)."""
+        from numba.cuda.simulator import kernelapi
+
+        class SlowLookup(dict):  # the simulator's per-block {(file, line): shared array}
+            def get(self, key, default=None):
+                found = super().get(key, default)
+                time.sleep(1e-3)  # between the look-up and the store
+                return found
+
+        init = kernelapi.FakeCUDAShared.__init__
+
+        def slow_init(self, dynshared_size):
+            init(self, dynshared_size)
+            self._allocations = SlowLookup()
+
+        monkeypatch.setattr(kernelapi.FakeCUDAShared, "__init__", slow_init)
+        rng = np.random.default_rng(3)
+        a, b, x = rng.standard_normal((5, 7)), rng.standard_normal((7, 3)), rng.standard_normal((2, 3, 4, 4))
+        np.testing.assert_allclose(host(cuda_gemm.gemm(a, b)), a @ b, **TIGHT)  # tiles: (TILE, TILE) shared
+        np.testing.assert_allclose(host(cuda_device.channel_sum(x)), x.sum(axis=(0, 2, 3)), **TIGHT)  # tree
+
+    @pytest.mark.skipif(not cuda_device.SIMULATOR, reason="a simulator race")
+    def test_device_function_keeps_the_fake_cuda_module_while_any_thread_is_inside():
+        """Regression (NVIDIA/numba-cuda#690): thread A enters a device function (its module's `cuda` becomes
+        the simulator's fake module), thread B enters too, A returns while B is still inside: B must keep the
+        fake module (numba's own swap put the real one back: AttributeError on B's next cuda.threadIdx)."""
+        from numba import cuda as simulator_cuda
+        from numba.cuda.simulator import kernel as simulator_kernel
+
+        module = {"cuda": simulator_cuda}  # the globals of a module holding a device function
+        exec("def device_function():\n    return cuda.threadIdx.x", module)
+        fake = object()
+        thread_a = simulator_kernel.swapped_cuda_module(module["device_function"], fake)
+        thread_b = simulator_kernel.swapped_cuda_module(module["device_function"], fake)
+        thread_a.__enter__()
+        thread_b.__enter__()
+        thread_a.__exit__(None, None, None)
+        assert module["cuda"] is fake
+        thread_b.__exit__(None, None, None)
+        assert module["cuda"] is simulator_cuda
 
     # -- im2col / conv ---------------------------------------------------------------------
     @pytest.mark.parametrize("seed", [0, 1])

@@ -26,17 +26,88 @@ gives the same answer on every run.
 >>> channel_sum(to_device(np.ones((2, 3, 4, 5)))).copy_to_host()
 array([40., 40., 40.])
 """
+import contextlib
 import math
+import sys
+import threading
 
 import numba
 import numpy as np
 from numba import cuda
+from numba.np.numpy_support import as_dtype
 
 # Under Numba's simulator every thread is a Python thread, so blocks are kept
 # small there; the code paths (several tree steps, partial blocks) are the same.
 SIMULATOR = bool(numba.config.ENABLE_CUDASIM)
 THREADS = 32 if SIMULATOR else 128         # threads per block of the 1-D element-wise kernels
 REDUCE_THREADS = 8 if SIMULATOR else 128   # threads per block of the tree reductions (a power of two)
+
+
+# ---------------------------------------------------------------------------
+# two races in Numba's simulator (0.68), closed (simulator only)
+# ---------------------------------------------------------------------------
+# 1. A block's threads get ONE shared array per call site by "look the site
+#    up; if absent, np.empty one and store it". The steps are not atomic: a
+#    thread switch between them (likely with the child tests'
+#    sys.setswitchinterval(1e-4)) gives two threads of one block their own
+#    arrays, so a GEMM tile or a reduction's partials silently splits and the
+#    result is garbage, now and then. Below: the same steps under a lock (the
+#    key is the simulator's own, the caller's file and line).
+# 2. Calling a device function swaps the `cuda` global of ITS module for the
+#    fake module and swaps it back on return. A thread entering while another
+#    is inside sees the fake one, so it does not swap; the first thread's
+#    return then puts the real `cuda` back under the second, whose next
+#    cuda.threadIdx is an AttributeError (batchnorm's two block_sum calls in
+#    a row; NVIDIA/numba-cuda#690). Below: count the threads inside per
+#    module; the first swaps, the last swaps back.
+_SHARED_LOCK = threading.Lock()
+_SWAP_LOCK = threading.Lock()
+_SWAPS = {}  # id(module globals) -> [threads inside, the original `cuda` entries]
+
+
+def _simulator_shared_array(self, shape, dtype):
+    """FakeCUDAShared.array (numba/cuda/simulator/kernelapi.py) with the look-up and allocation atomic."""
+    if shape == 0:  # dynamic shared memory: one preallocated buffer, nothing to race on
+        return _SIMULATOR_SHARED_ARRAY(self, shape, dtype)
+    if isinstance(dtype, numba.types.Type):
+        dtype = as_dtype(dtype)
+    caller = sys._getframe(1)
+    site = (caller.f_code.co_filename, caller.f_lineno)
+    with _SHARED_LOCK:
+        array = self._allocations.get(site)
+        if array is None:
+            array = self._allocations[site] = np.empty(shape, dtype)
+    return array
+
+
+@contextlib.contextmanager
+def _simulator_swapped_cuda_module(fn, fake_cuda_module):
+    """kernelapi.swapped_cuda_module, counted: `cuda` in fn's module is the fake one while any thread is inside."""
+    from numba import cuda as simulator_cuda  # not this module's `cuda`: a launch here swaps that one too
+
+    globs = fn.__globals__
+    with _SWAP_LOCK:
+        entry = _SWAPS.setdefault(id(globs), [0, None])
+        if entry[0] == 0:
+            entry[1] = {k: v for k, v in globs.items() if v is simulator_cuda}
+            globs.update({k: fake_cuda_module for k in entry[1]})
+        entry[0] += 1
+    try:
+        yield
+    finally:
+        with _SWAP_LOCK:
+            entry[0] -= 1
+            if entry[0] == 0:
+                globs.update(entry[1])
+
+
+if SIMULATOR:
+    from numba.cuda.simulator import kernel as _simulator_kernel
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    _SIMULATOR_SHARED_ARRAY = FakeCUDAShared.array
+    FakeCUDAShared.array = _simulator_shared_array
+    _simulator_kernel.swapped_cuda_module = _simulator_swapped_cuda_module
 
 
 def to_device(a):
