@@ -12,9 +12,9 @@ Tensor, no tape), forward and forward+backward (grad-input and grad-weight):
     pointwise path     kernels.conv2d: x[n] already is the (C, HW) column matrix, GEMM only
     im2col + GEMM      kernels.im2col.im2col (a plain copy for 1x1) then the same GEMM
   dense 3x3, N=64 C=64->64 32x32:
-    chunked im2col     kernels.conv2d: columns built a few samples at a time into one reused buffer
+    kernels.conv2d     per-block buffers, no whole-batch columns (stride 1: shifted-window GEMMs, no im2col)
     whole-batch im2col kernels.im2col.im2col of the whole batch, then one batched GEMM
-  deformable 3x3, N=16 C=64 32x32 (when kernels.deform has landed):
+  deformable 3x3, N=16 C=64 32x32:
     conv2d             kernels.conv2d on the same shape (the no-offset baseline)
     deform v1 / v2     kernels.deform with offsets ~ N(0, 0.5^2) (v2: a mask in (0, 1))
 
@@ -153,7 +153,7 @@ def layers(ctx):
     dense = Layer(f"dense 3x3 {c3}->{c3} {hw3}x{hw3} N={n}",
                   {"x": randn(n, c3, hw3, hw3), "w": randn(c3, c3, 3, 3)},
                   (n, c3, hw3, hw3), n * c3 * c3 * hw3 * hw3 * 9,
-                  [conv2d_algo("chunked im2col (kernels.conv2d)", 1), whole_batch_im2col_algo("whole-batch im2col")])
+                  [conv2d_algo("kernels.conv2d (per block)", 1), whole_batch_im2col_algo("whole-batch im2col")])
 
     n_d, c_d, hw_d = ctx.pick((16, 64, 32), (2, 8, 8))
     deform = Layer(f"deformable 3x3 C={c_d} {hw_d}x{hw_d} N={n_d}",
