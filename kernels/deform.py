@@ -50,7 +50,10 @@ w00, w01, w10, w11 = (1-ly)(1-lx), (1-ly)·lx, ly·(1-lx), ly·lx (all 0 for a
 point outside (-1, H) x (-1, W)). The sample is copied channels last into a
 ((H+2)·(W+2), C_in) buffer with a zero border, so the 4 corners of any point
 inside (-1, H) x (-1, W) are valid pixels (the border is torchvision's 0) and
-no bounds test is left in the loops. Every innermost loop then runs along the
+no bounds test is left in the loops. A point outside gets the corner (0, W+1),
+whose 4 corners (0, W+1), (1, 0), (1, W+1), (2, 0) all lie in the border: it
+reads zeros and writes only to discarded cells, so an inf or NaN in the image
+or in the gradient cannot leak through its zero weights (0·inf = NaN). Every innermost loop then runs along the
 channels, contiguous in memory (LLVM vectorizes it):
 
     columns     col row = Σ_k m·w_k · (pixel row at corner k)          a gather of 4 rows
@@ -319,7 +322,7 @@ def _sampling_table(offset, height, width, k_h, k_w, stride_h, stride_w, pad_h, 
     # one sample: offset (2·OG·K, out_h, out_w) -> for every sampling row r = og·K + t and pixel l = i·out_w + j,
     # corner[r, l] = (y0 + 1)·(W + 2) + (x0 + 1), the top-left corner among the zero-bordered (H+2)·(W+2) pixels,
     # and weights[r, :, l] = the bilinear weights (1-ly)(1-lx), (1-ly)·lx, ly·(1-lx), ly·lx of the corners
-    # (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1). A point outside (-1, H) x (-1, W): corner 0, weights 0.
+    # (y0, x0), (y0, x0+1), (y0+1, x0), (y0+1, x0+1). A point outside (-1, H) x (-1, W): corner W+1, weights 0.
     rows = corner.shape[0]
     out_h, out_w = offset.shape[1:]
     K = k_h * k_w
@@ -331,7 +334,7 @@ def _sampling_table(offset, height, width, k_h, k_w, stride_h, stride_w, pad_h, 
                 sy, sx = _sample_point(i, j, p, q, offset, 2 * r, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w)
                 y0, x0, ly, lx, inside = bilinear_corners(height, width, sy, sx)
                 l = i * out_w + j
-                corner[r, l] = (y0 + 1) * (width + 2) + x0 + 1 if inside else 0
+                corner[r, l] = (y0 + 1) * (width + 2) + x0 + 1 if inside else width + 1  # outside: all border
                 inside_f = 1.0 if inside else 0.0
                 weights[r, 0, l] = inside_f * (1 - ly) * (1 - lx)
                 weights[r, 1, l] = inside_f * (1 - ly) * lx

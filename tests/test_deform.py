@@ -129,6 +129,22 @@ def test_needs_returns_none_for_grads_not_requested():
                 assert got is None
 
 
+def test_points_outside_the_image_read_and_write_nothing():
+    # every sampling point far outside: torchvision's answer is 0 whatever the image and the gradient hold,
+    # so an inf pixel or an inf gradient must not leak through the zero bilinear weights (0 * inf = NaN)
+    cfg = dict(N=2, C_in=4, C_out=4, G=2, OG=2, H=6, W=5, k=(3, 2), s=(1, 1), p=(1, 0), d=(1, 1), out=(6, 4))
+    rng = np.random.default_rng(2)
+    x, offset, w, _, mask = operands(cfg, rng)
+    x[:, :, 0, 0] = x[:, :, -1, -1] = np.inf
+    offset = np.full_like(offset, 100.0)
+    y = deform.deform_conv2d_forward(x, offset, w, None, *conv_args(cfg), mask)
+    np.testing.assert_array_equal(y, np.zeros_like(y))
+    g = np.full((2, 4, 6, 4), np.inf)
+    grad_input = deform.deform_conv2d_backward(g, x, offset, w, *conv_args(cfg), mask,
+                                               (True, False, False, False, False))[0]
+    np.testing.assert_array_equal(grad_input, np.zeros_like(x))
+
+
 SPLIT_CFG = dict(N=5, C_in=4, C_out=4, G=2, OG=2, H=5, W=6, k=(2, 3), s=(1, 1), p=(1, 1), d=(1, 1), out=(6, 6))
 
 
