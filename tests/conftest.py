@@ -1,6 +1,10 @@
 """Shared test fixtures: small data sets written in the real IDX format."""
+import functools
 import gzip
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,3 +55,33 @@ def record_thread_counts(monkeypatch, module, name):
 
     monkeypatch.setattr(module, name, spy)
     return seen
+
+
+# ---------------------------------------------------------------------------
+# the CUDA test files: checks run in a child pytest (the simulator must be switched on before numba.cuda loads)
+# ---------------------------------------------------------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUDA_CHILD = os.environ.get("TINYCONV_CUDA_CHILD") == "1"  # True inside that child
+
+
+def clean_env():
+    """This process's environment without the simulator switch and the child marker."""
+    return {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "TINYCONV_CUDA_CHILD")}
+
+
+def run_cuda_child(test_file, simulator, timeout=600):
+    """Run test_file's checks in a child pytest, under Numba's CUDA simulator or on the real GPU."""
+    env = dict(clean_env(), TINYCONV_CUDA_CHILD="1")
+    if simulator:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+@functools.lru_cache(maxsize=None)
+def real_gpu_present():
+    """Whether numba.cuda sees a real GPU (asked once per session, in a process without the simulator)."""
+    proc = subprocess.run([sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
+                          env=clean_env(), capture_output=True, text=True, timeout=120)
+    return proc.stdout.strip() == "True"

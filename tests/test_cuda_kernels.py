@@ -10,7 +10,6 @@ Shapes are tiny: under the simulator every GPU thread is a Python thread.
 The configurations (stride, padding, dilation, groups) are drawn by a seeded
 generator, so each run checks the same few cases.
 """
-import os
 import subprocess
 import sys
 import time
@@ -18,43 +17,24 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD = os.environ.get("TINYCONV_CUDA_CHILD") == "1"
-
-
-def _run_child(simulator):
-    env = dict(os.environ, TINYCONV_CUDA_CHILD="1")
-    env.pop("NUMBA_ENABLE_CUDASIM", None)
-    if simulator:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-
-
-def _real_gpu_present():
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    proc = subprocess.run([sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
-                          env=env, capture_output=True, text=True, timeout=120)
-    return proc.stdout.strip() == "True"
+from conftest import CUDA_CHILD as CHILD, ROOT, clean_env, real_gpu_present, run_cuda_child
 
 
 if not CHILD:
     def test_cuda_kernels_under_simulator():
-        _run_child(simulator=True)
+        run_cuda_child(__file__, simulator=True)
 
-    @pytest.mark.skipif(not _real_gpu_present(), reason="no CUDA GPU")
+    @pytest.mark.skipif(not real_gpu_present(), reason="no CUDA GPU")
     def test_cuda_kernels_on_gpu():
-        _run_child(simulator=False)
+        run_cuda_child(__file__, simulator=False)
 
     def test_kernels_cuda_imports_without_gpu():
         """Importing kernels.cuda needs no GPU and no simulator (the kernels compile on first call)."""
-        env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
         code = ("import kernels.cuda.conv2d, kernels.cuda.conv_transpose, kernels.cuda.depthwise, "
                 "kernels.cuda.pool, kernels.cuda.batchnorm, kernels.cuda.shuffle, kernels.cuda.gemm, "
                 "kernels.cuda.deform")
-        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(), capture_output=True,
+                              text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
 
 else:

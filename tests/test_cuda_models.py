@@ -18,15 +18,13 @@ fashion_vgg run as the zoo's own functions with small widths and inputs. `test_s
 class its full-size model is built from, so a new model or block cannot
 slip past these tests.
 """
-import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD = os.environ.get("TINYCONV_CUDA_CHILD") == "1"
+from conftest import CUDA_CHILD as CHILD, real_gpu_present, run_cuda_child
+
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 CLASSES = 3
 
@@ -160,34 +158,15 @@ def test_stand_ins_cover_every_model():
 # ---------------------------------------------------------------------------
 # parent: the child processes
 # ---------------------------------------------------------------------------
-def _clean_env():
-    return {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "TINYCONV_CUDA_CHILD")}
-
-
-def _run_child(simulator):
-    env = dict(_clean_env(), TINYCONV_CUDA_CHILD="1")
-    if simulator:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-
-
-def _real_gpu_present():
-    proc = subprocess.run([sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
-                          env=_clean_env(), capture_output=True, text=True, timeout=120)
-    return proc.stdout.strip() == "True"
-
-
 if not CHILD:
-    GPU = _real_gpu_present()
+    GPU = real_gpu_present()
 
     def test_zoo_trains_on_cuda_under_simulator():
-        _run_child(simulator=True)
+        run_cuda_child(__file__, simulator=True, timeout=900)
 
     @pytest.mark.skipif(not GPU, reason="no CUDA GPU")
     def test_zoo_trains_on_cuda_on_gpu():
-        _run_child(simulator=False)
+        run_cuda_child(__file__, simulator=False, timeout=900)
 
 else:
     sys.setswitchinterval(1e-4)  # the simulator polls its threads: frequent GIL hand-overs make it ~2x faster

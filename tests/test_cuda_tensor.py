@@ -9,46 +9,25 @@ the same numbers as the CPU, not nearly the same.
 The parent also checks, in a process without the simulator, that asking for
 'cuda' where there is no GPU is a clear error (skipped when a GPU is present).
 """
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD = os.environ.get("TINYCONV_CUDA_CHILD") == "1"
+from conftest import CUDA_CHILD as CHILD, ROOT, clean_env, real_gpu_present, run_cuda_child
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
-def _clean_env():
-    return {k: v for k, v in os.environ.items() if k not in ("NUMBA_ENABLE_CUDASIM", "TINYCONV_CUDA_CHILD")}
-
-
-def _run_child(simulator):
-    env = dict(_clean_env(), TINYCONV_CUDA_CHILD="1")
-    if simulator:
-        env["NUMBA_ENABLE_CUDASIM"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-
-
-def _real_gpu_present():
-    proc = subprocess.run([sys.executable, "-c", "from numba import cuda; print(cuda.is_available())"],
-                          env=_clean_env(), capture_output=True, text=True, timeout=120)
-    return proc.stdout.strip() == "True"
-
-
 if not CHILD:
-    GPU = _real_gpu_present()
+    GPU = real_gpu_present()
 
     def test_cuda_tensors_under_simulator():
-        _run_child(simulator=True)
+        run_cuda_child(__file__, simulator=True)
 
     @pytest.mark.skipif(not GPU, reason="no CUDA GPU")
     def test_cuda_tensors_on_gpu():
-        _run_child(simulator=False)
+        run_cuda_child(__file__, simulator=False)
 
     def test_cpu_tensors_know_their_device():
         import tinyconv
@@ -74,11 +53,11 @@ for make in (lambda: tinyconv.Tensor(np.ones(3)).to("cuda"), lambda: nn.Linear(2
         raise AssertionError("no error")
 print("ok")
 """
-        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_clean_env(), capture_output=True,
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=clean_env(), capture_output=True,
                               text=True, timeout=120)
         assert proc.returncode == 0 and "ok" in proc.stdout, proc.stdout + proc.stderr
         for argv in (["train", "--device", "cuda", "--no-progress"], ["bench", "kernels", "--device", "cuda"]):
-            proc = subprocess.run([sys.executable, "-m", "tinyconv", *argv], cwd=ROOT, env=_clean_env(),
+            proc = subprocess.run([sys.executable, "-m", "tinyconv", *argv], cwd=ROOT, env=clean_env(),
                                   capture_output=True, text=True, timeout=120)
             assert proc.returncode == 2, argv
             assert "no CUDA GPU is available" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
