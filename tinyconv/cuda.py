@@ -42,6 +42,7 @@ import importlib
 import numbers
 
 import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
 
 DEVICES = ("cpu", "cuda")
 
@@ -163,7 +164,7 @@ def _normalize_axes(axis, ndim):
     return tuple(sorted(int(a) % ndim for a in axes))
 
 
-class DeviceArray:
+class DeviceArray(NDArrayOperatorsMixin):
     """A C-contiguous array in GPU memory (numba.cuda DeviceNDArray inside), for Tensor.data on 'cuda'.
 
     `base` is the DeviceArray a view was made from (None for fresh memory),
@@ -381,34 +382,8 @@ class DeviceArray:
             elementwise.scalar(op, array.array, float(np.asarray(value)), array is b, out.array)
         return out
 
-    __add__ = lambda self, other: np.add(self, other)  # noqa: E731
-    __radd__ = lambda self, other: np.add(other, self)  # noqa: E731
-    __sub__ = lambda self, other: np.subtract(self, other)  # noqa: E731
-    __rsub__ = lambda self, other: np.subtract(other, self)  # noqa: E731
-    __mul__ = lambda self, other: np.multiply(self, other)  # noqa: E731
-    __rmul__ = lambda self, other: np.multiply(other, self)  # noqa: E731
-    __truediv__ = lambda self, other: np.divide(self, other)  # noqa: E731
-    __rtruediv__ = lambda self, other: np.divide(other, self)  # noqa: E731
-    __pow__ = lambda self, other: np.power(self, other)  # noqa: E731
-    __rpow__ = lambda self, other: np.power(other, self)  # noqa: E731
-    __iadd__ = lambda self, other: np.add(self, other, out=(self,))  # noqa: E731
-    __isub__ = lambda self, other: np.subtract(self, other, out=(self,))  # noqa: E731
-    __imul__ = lambda self, other: np.multiply(self, other, out=(self,))  # noqa: E731
-    __itruediv__ = lambda self, other: np.divide(self, other, out=(self,))  # noqa: E731
-    __neg__ = lambda self: np.negative(self)  # noqa: E731
-    __abs__ = lambda self: np.absolute(self)  # noqa: E731
-    __and__ = lambda self, other: np.bitwise_and(self, other)  # noqa: E731
-    __or__ = lambda self, other: np.bitwise_or(self, other)  # noqa: E731
-    __xor__ = lambda self, other: np.bitwise_xor(self, other)  # noqa: E731
-    __iand__ = lambda self, other: np.bitwise_and(self, other, out=(self,))  # noqa: E731
-    __ior__ = lambda self, other: np.bitwise_or(self, other, out=(self,))  # noqa: E731
-    __invert__ = lambda self: np.invert(self)  # noqa: E731
-    __gt__ = lambda self, other: np.greater(self, other)  # noqa: E731
-    __ge__ = lambda self, other: np.greater_equal(self, other)  # noqa: E731
-    __lt__ = lambda self, other: np.less(self, other)  # noqa: E731
-    __le__ = lambda self, other: np.less_equal(self, other)  # noqa: E731
-    __eq__ = lambda self, other: np.equal(self, other)  # noqa: E731
-    __ne__ = lambda self, other: np.not_equal(self, other)  # noqa: E731
+    # +, -, *, /, **, comparisons, &, |, ^, ~, unary - and abs, and their in-place forms come from
+    # NDArrayOperatorsMixin, which calls the matching ufunc: __array_ufunc__ above runs it on the device
     __hash__ = object.__hash__
 
     def __matmul__(self, other):
@@ -416,6 +391,8 @@ class DeviceArray:
 
     def __rmatmul__(self, other):
         return _matmul(other, self)
+
+    __imatmul__ = __matmul__  # a new array, as Python's fallback to __matmul__ gave
 
     # ---- NumPy functions: the few the tape calls -----------------------------------
     def __array_function__(self, func, types, args, kwargs):
