@@ -281,9 +281,10 @@ def _blocks(items):
 # the three loops everything is made of
 # ---------------------------------------------------------------------------
 @njit(cache=True, fastmath=FASTMATH)
-def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n):
-    """dst0[k] += Σ_t weights0[t] · src[offsets[t] + k]  for k < n, and the same for dst1 with weights1 when
-    `two` (else dst1 and weights1 are not touched).
+def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n, add, start0, start1):
+    """dst0[k] = (dst0[k] if add else start0) + Σ_t weights0[t] · src[offsets[t] + k]  for k < n, and the same
+    for dst1 with weights1 and start1 when `two` (else dst1 and weights1 are not touched). add=False spares
+    the caller a pass that fills dst with a start value (the bias, or zero).
 
     A register block of 2 rows × 4 taps per pass over k: 4 source loads feed 8 multiply-adds (an axpy per
     tap and row needs 2 loads per multiply-add). LLVM hoists the `two` test out of the k loop (loop
@@ -298,11 +299,12 @@ def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n):
         s3 = src[offsets[t + 3]:offsets[t + 3] + n]
         a0, a1, a2, a3 = weights0[t], weights0[t + 1], weights0[t + 2], weights0[t + 3]
         b0, b1, b2, b3 = weights1[t], weights1[t + 1], weights1[t + 2], weights1[t + 3]
+        keep = add or t > 0  # the first pass writes start + its taps, the later ones add theirs
         for k in range(n):
             x0, x1, x2, x3 = s0[k], s1[k], s2[k], s3[k]
-            d0[k] += a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3
+            d0[k] = (d0[k] if keep else start0) + (a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3)
             if two:
-                d1[k] += b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3
+                d1[k] = (d1[k] if keep else start1) + (b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -347,6 +349,14 @@ def _copy_plane(plane, flat, first, pad_h, pad_w, stride_h, stride_w, H_p, W_p, 
     if not to_flat:
         plane[h_end:, :] = 0
         plane[:h_end, w_end:] = 0
+    if stride_h == 1 and stride_w == 1:  # one phase: plain row copies, the common case (the general loop
+        for h in range(h_end):           # below costs it 1.5x: per-row phase stepping and branches, measured)
+            run = first + (h + pad_h) * pitch + pad_w
+            if to_flat:
+                _copy_run(flat, run, 1, plane[h], 0, 1, w_end)
+            else:
+                _copy_run(plane[h], 0, 1, flat, run, 1, w_end)
+        return
     for t in range(stride_w):  # the column phase; its columns w are w0, w0 + stride_w, ...
         w0 = (t - pad_w) % stride_w
         count = max(0, (w_end - w0 + stride_w - 1) // stride_w)
@@ -412,10 +422,8 @@ def _forward_items(x, offsets, tap_weights, bias, y, groups, pad_h, pad_w, strid
             for o in range(g * o_g, (g + 1) * o_g, 2):
                 two = o + 1 < (g + 1) * o_g
                 o1 = o + 1 if two else o
-                out[0, :n] = bias[o]
-                if two:
-                    out[1, :n] = bias[o1]
-                _gather_taps(out[0], out[1], two, xp, offsets, tap_weights[o], tap_weights[o1], n)
+                _gather_taps(out[0], out[1], two, xp, offsets, tap_weights[o], tap_weights[o1], n, False, bias[o],
+                             bias[o1])
                 for s in range(count):
                     _copy_plane(y[n0 + s, o], out[0], s * plane, 0, 0, 1, 1, out_h, out_w, 0, pitch, False)
                     if two:
@@ -436,6 +444,7 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
     plane, phases = rows * pitch, stride_h * stride_w
     n_out = (out_h - 1) * pitch + out_w
     g_first = margin_h * pitch + margin_w  # where g[0, 0] sits in its plane: from there it is an output plane
+    zero = x.dtype.type(0)  # the start of each grad_input gather, typed as x (a float64 0.0 would promote float32)
     for b in prange(blocks):
         gp = np.zeros(o_g * samples * plane + (margin_h + 1) * pitch, x.dtype)  # + what the last gather overreads
         xp = np.zeros(c_g * phases * samples * plane if need_weight else 0, x.dtype)
@@ -454,14 +463,11 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
                 for c in range(g * c_g, (g + 1) * c_g, 2):
                     two = c + 1 < (g + 1) * c_g
                     c1 = c + 1 if two else c
-                    grad_xp[0, :] = 0
-                    if two:
-                        grad_xp[1, :] = 0
                     for phase in range(phases):
                         first = phase * samples * plane + input_spans[phase, 0]
                         _gather_taps(grad_xp[0, first:], grad_xp[1, first:], two, gp, input_offsets[phase],
                                      input_weights[c, phase], input_weights[c1, phase],
-                                     (count - 1) * plane + input_spans[phase, 1])
+                                     (count - 1) * plane + input_spans[phase, 1], False, zero, zero)
                     for s in range(count):
                         _copy_plane(grad_input[n0 + s, c], grad_xp[0], s * plane, pad_h, pad_w, stride_h, stride_w,
                                     H_p, W_p, samples * plane, pitch, False)
