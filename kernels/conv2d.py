@@ -54,8 +54,9 @@ Four routes compute these GEMMs (_route), all through kernels/blas.py's gemm:
   output pixel, tap by tap (channels last, im2col transposed, no junk):
   rows[i·out_w + j, (p·k_w + q)·C_in/G + c] = pixels[tap_start_pq + i·width + j, c]
   (any stride, through the phases). Several samples of one group are
-  stacked, their rows one under the other (as many as fit in _ROWS_BYTES),
-  and each stack is one GEMM with K = k_h·k_w·C_in/G:
+  stacked, their rows one under the other (as many as fit in _ROWS_BYTES,
+  fixed by the shapes: see _rows_stack), and each stack is one GEMM with
+  K = k_h·k_w·C_in/G:
 
       Y_rows (S·L, C_out/G) = rows (S·L, k_h·k_w·C_in/G) · W[g] as (k_h·k_w·C_in/G, C_out/G)
       grad_weight[g] as (k_h·k_w·C_in/G, C_out/G) += rowsᵀ · grad_output[stack, g] as (C_out/G, S·L)ᵀ
@@ -72,8 +73,9 @@ stride 1 only) has at most _ROWS_MAX_PIXELS pixels: there the windows'
 junk is a large share (out_w = 8: 2 of every 10 columns) and their
 per-tap GEMMs (8x8: 80 x C x O) are small.
 
-Threads: the (sample, group) work items are cut into B contiguous blocks,
-B = min(N·G, NUMBA_NUM_THREADS), and one prange runs over the blocks. Each
+Threads: the (sample, group) work items (pixel rows: (stack, group)) are
+cut into B contiguous blocks, B = min(items, NUMBA_NUM_THREADS), and one
+prange runs over the blocks. Each
 block copies one item (pixel rows: one stack) at a time into its own
 buffers, reused for all its items, and calls a single-threaded GEMM (SciPy's OpenBLAS, pinned to 1
 thread when `tinyconv` is imported, see tinyconv/threads.py), writing only
@@ -188,7 +190,7 @@ def _conv2d_grad_weight(grad_output, x, weight_shape, stride, padding, dilation,
     route = _route("grad_weight", stride, geometry, weight_shape[1], grad_output.shape[2:])
     with _serial_if_small(grad_output.size * int(np.prod(weight_shape[1:]))):
         if route == _ROWS:
-            stack = _rows_stack(n, grad_output.shape[2:], partial.shape[2], x.itemsize)
+            stack = _rows_stack(n, groups, grad_output.shape[2:], partial.shape[2], x.itemsize)
             _rows_grad_weight_kernel(_grouped_input(grad_output, groups), _grouped_input(x, groups), partial,
                                      *geometry[:-3], stack)
         else:
@@ -275,14 +277,23 @@ def _shifted(route, x, taps, bias, y, pad, stride, dilation, groups):
                         _blocks(n * groups))
         return
     _, k_h, k_w, c_group, o_group = taps.shape
+    stack = _rows_stack(n, groups, y.shape[3:], k_h * k_w * c_group, x.itemsize)
     _rows_kernel(x, taps.reshape(groups, k_h * k_w * c_group, o_group), bias, y, k_h, k_w,  # (G, k_h·k_w·C/G, O/G)
-                 pad[0], pad[1], stride[0], stride[1], dilation[0], dilation[1],
-                 _rows_stack(n, y.shape[3:], k_h * k_w * c_group, x.itemsize), _blocks(n * groups))
+                 pad[0], pad[1], stride[0], stride[1], dilation[0], dilation[1], stack,
+                 _blocks(groups * -(-n // stack)))
 
 
-def _rows_stack(n, plane, row_size, itemsize):
-    """How many samples a pixel-rows GEMM stacks: as many as fit in _ROWS_BYTES, at least one, at most n."""
-    return max(1, min(n, _ROWS_BYTES // (plane[0] * plane[1] * row_size * itemsize)))
+def _rows_stack(n, groups, plane, row_size, itemsize):
+    """How many samples a pixel-rows GEMM stacks: as many as fit in _ROWS_BYTES, at least one, and few
+    enough that every Numba thread the process started gets a stack (ceil(n / stacks a group needs)).
+
+    A work item is one stack: samples [i·stack, (i + 1)·stack) of one group, the last one shorter. The
+    stacks depend on the shapes and the process's thread pool alone, not on how the items are split
+    among the threads in use (set_num_threads), so every GEMM is the same call: the same answer bit for
+    bit, even from a BLAS whose rounding depends on the matrix size (OpenBLAS's AVX-512 kernels do)."""
+    fit = _ROWS_BYTES // (plane[0] * plane[1] * row_size * itemsize)
+    stacks_a_group = -(-numba.config.NUMBA_NUM_THREADS // groups)
+    return max(1, min(n, fit, -(-n // stacks_a_group)))
 
 
 @contextmanager
@@ -368,24 +379,24 @@ def _stack_rows(x, n0, count, g, pixels, rows, runs, starts, stride_w, width, ou
 @njit(cache=True, parallel=True)
 def _rows_kernel(x, taps, bias, y, k_h, k_w, pad_top, pad_left, stride_h, stride_w, dil_h, dil_w, stack, blocks):
     # x (N, G, C/G, H, W); taps (G, k_h·k_w·C/G, O/G); bias (G, O/G); y (N, G, O/G, out_h, out_w).
-    # Items are ordered group-major (item = g·N + n) and up to `stack` samples of one group share a GEMM:
-    # rows (stack·L, k_h·k_w·C/G), one row per output pixel (pixel_rows_sample), y_rows = rows · taps[g]
+    # An item is a stack (_rows_stack): up to `stack` samples of one group, group-major (item = g·S + i for
+    # S stacks a group), sharing a GEMM: rows (stack·L, k_h·k_w·C/G), one row per output pixel
+    # (pixel_rows_sample), y_rows = rows · taps[g]
     n_batch, groups, c_group = x.shape[:3]
     k, o_group = taps.shape[1:]
     out_h, out_w = y.shape[3:]
     width, phase_size = shifted_geometry(k_h, k_w, stride_h, stride_w, dil_h, dil_w, out_h, out_w)
     runs = shifted_runs(x.shape[3], x.shape[4], pad_top, pad_left, stride_h, stride_w, width, phase_size)
     starts = _tap_starts(k_h, k_w, stride_h, stride_w, dil_h, dil_w, width, phase_size)
-    length = out_h * out_w
+    length, n_stacks = out_h * out_w, -(-n_batch // stack)
     for b in prange(blocks):
         pixels = np.zeros((stride_h * stride_w * phase_size, c_group), dtype=x.dtype)  # this block's own
         rows = np.empty((stack * length, k), dtype=x.dtype)                            # buffers; padding stays 0
         y_rows = np.empty((stack * length, o_group), dtype=x.dtype)
-        lo, hi = _block(b, blocks, n_batch * groups)
-        item = lo
-        while item < hi:
-            g, n0 = item // n_batch, item % n_batch
-            count = min(stack, hi - item, n_batch - n0)
+        lo, hi = _block(b, blocks, n_stacks * groups)
+        for item in range(lo, hi):
+            g, n0 = item // n_stacks, item % n_stacks * stack
+            count = min(stack, n_batch - n0)
             _stack_rows(x, n0, count, g, pixels, rows, runs, starts, stride_w, width, out_h, out_w)
             # (count·L, O/G) = (count·L, k_h·k_w·C/G) · (k_h·k_w·C/G, O/G)
             gemm(False, False, count * length, o_group, k, 1.0, rows.ravel(), 0, k, taps[g].ravel(), 0, o_group,
@@ -396,14 +407,13 @@ def _rows_kernel(x, taps, bias, y, k_h, k_w, pad_top, pad_left, stride_h, stride
                     target = y[n0 + s, g, o].ravel()
                     for e in range(length):
                         target[e] = source[e, o] + bias[g, o]
-            item += count
 
 
 @njit(cache=True, parallel=True)
 def _rows_grad_weight_kernel(grad_output, x, partial, k_h, k_w, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                              stack):
     # grad_output (N, G, O/G, out_h, out_w); x (N, G, C/G, H, W); partial (B, G, k_h·k_w·C/G, O/G), rows in
-    # tap-major order. Items group-major as in _rows_kernel; block b sums into partial[b] only:
+    # tap-major order. Items (stacks) as in _rows_kernel; block b sums into partial[b] only:
     # partial[b, g] += rowsᵀ · gradsᵀ, rows (count·L, k_h·k_w·C/G), grads (O/G, count·L) the samples'
     # grad_output side by side
     n_batch, groups, o_group, out_h, out_w = grad_output.shape
@@ -411,16 +421,15 @@ def _rows_grad_weight_kernel(grad_output, x, partial, k_h, k_w, stride_h, stride
     width, phase_size = shifted_geometry(k_h, k_w, stride_h, stride_w, dil_h, dil_w, out_h, out_w)
     runs = shifted_runs(x.shape[3], x.shape[4], pad_h, pad_w, stride_h, stride_w, width, phase_size)
     starts = _tap_starts(k_h, k_w, stride_h, stride_w, dil_h, dil_w, width, phase_size)
-    length = out_h * out_w
+    length, n_stacks = out_h * out_w, -(-n_batch // stack)
     for b in prange(blocks):
         pixels = np.zeros((stride_h * stride_w * phase_size, x.shape[2]), dtype=x.dtype)  # this block's own
         rows = np.empty((stack * length, k), dtype=x.dtype)
         grads = np.empty((o_group, stack * length), dtype=x.dtype)
-        lo, hi = _block(b, blocks, n_batch * groups)
-        item = lo
-        while item < hi:
-            g, n0 = item // n_batch, item % n_batch
-            count = min(stack, hi - item, n_batch - n0)
+        lo, hi = _block(b, blocks, n_stacks * groups)
+        for item in range(lo, hi):
+            g, n0 = item // n_stacks, item % n_stacks * stack
+            count = min(stack, n_batch - n0)
             _stack_rows(x, n0, count, g, pixels, rows, runs, starts, stride_w, width, out_h, out_w)
             for s in range(count):
                 for o in range(o_group):
@@ -428,7 +437,6 @@ def _rows_grad_weight_kernel(grad_output, x, partial, k_h, k_w, stride_h, stride
             # (k_h·k_w·C/G, O/G) += (count·L, k_h·k_w·C/G)ᵀ · (O/G, count·L)ᵀ, accumulated by BLAS (beta = 1)
             gemm(True, True, k, o_group, count * length, 1.0, rows.ravel(), 0, k, grads.ravel(), 0, stack * length,
                  1.0, partial[b, g].ravel(), 0, o_group)
-            item += count
 
 
 @njit(cache=True, parallel=True)
