@@ -304,6 +304,8 @@ def machine_info(ctx):
         "threads": ctx.threads,
         "numba_threads": threads["numba"],
         "blas_threads": threads["blas"],
+        "openblas_cores": tinyconv.threads.openblas_cores(),
+        "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
         "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "dtype": ctx.dtype.name,
         "gemm_size": ctx.gemm_size,
@@ -317,6 +319,14 @@ def machine_info(ctx):
         "repeat": ctx.repeat,
         "smoke": ctx.smoke,
     }
+
+
+def openblas_line(cores, coretype_env):
+    """Which OpenBLAS kernels run (tinyconv.threads.openblas_cores) and whether the environment chose them."""
+    names = ", ".join(f"{package} {name or 'unknown'}" for package, name in cores.items())
+    chosen = (f"OPENBLAS_CORETYPE={coretype_env} set in the environment" if coretype_env else
+              "chosen by OpenBLAS from the CPU model")
+    return f"OpenBLAS kernels: {names} ({chosen}; scipy's runs the conv GEMMs, numpy's the roofline)"
 
 
 def header_lines(info):
@@ -334,6 +344,7 @@ def header_lines(info):
         f"load average at start (1, 5, 15 min): {info['load_average']}",
         f"{gemm_name} {info['gemm_size']}x{info['gemm_size']} roofline: {info['gemm_gflops']:.1f} GFLOP/s "
         f"(np.dot, best of a few, measured now)",
+        openblas_line(info["openblas_cores"], info["openblas_coretype_env"]),
         f"dtype {info['dtype']}, repeats {info['repeat']}{' (smoke mode: tiny shapes)' if info['smoke'] else ''}; "
         f"numpy {info['numpy']}, numba {info['numba']}, {torch}",
         "FLOPs = 2 x MACs (multiply-adds); fwd+bwd of a conv counts 3 x the forward.",

@@ -131,6 +131,17 @@ def test_header_names_cpu_threads_and_roofline(ctx):
     assert any(info["cpu"] in line and "threads" in line for line in lines)
     assert any("GFLOP/s" in line and "GEMM" in line for line in lines)
     assert any("FLOPs = 2 x MACs" in line for line in lines)
+    cores = info["openblas_cores"]
+    assert set(cores) == {"numpy", "scipy"}
+    openblas = [line for line in lines if line.startswith("OpenBLAS kernels:")]
+    assert len(openblas) == 1 and all(f"{package} {name or 'unknown'}" in openblas[0] for package, name in cores.items())
+
+
+def test_openblas_line_says_who_chose_the_kernels():
+    cores = {"numpy": "Haswell", "scipy": None}
+    line = harness.openblas_line(cores, "Haswell")
+    assert "numpy Haswell, scipy unknown" in line and "OPENBLAS_CORETYPE=Haswell set in the environment" in line
+    assert "chosen by OpenBLAS from the CPU model" in harness.openblas_line(cores, None)
 
 
 def test_conv_flop_counts_follow_the_shape():

@@ -50,32 +50,38 @@ _SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads
             "openblas_set_num_threads64_", "openblas_set_num_threads")
 _GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
             "openblas_get_num_threads64_", "openblas_get_num_threads")
+_CORENAMES = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+              "openblas_get_corename64_", "openblas_get_corename")
+
+
+def _first(lib, names):
+    """The first of these functions lib exports, or None."""
+    return next((getattr(lib, name) for name in names if hasattr(lib, name)), None)
 
 
 def _find_openblas():
-    """(set, get) ctypes functions of the OpenBLAS NumPy loaded, or (None, None)."""
+    """(set, get, lib): ctypes functions of the OpenBLAS NumPy loaded, and the library; or (None, None, None)."""
     libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libs_dir, "*openblas*"))):
         try:
             lib = ctypes.CDLL(path)  # already loaded by NumPy: this returns the same library
         except OSError:
             continue
-        setter = next((getattr(lib, name) for name in _SETTERS if hasattr(lib, name)), None)
-        getter = next((getattr(lib, name) for name in _GETTERS if hasattr(lib, name)), None)
+        setter, getter = _first(lib, _SETTERS), _first(lib, _GETTERS)
         if setter is not None and getter is not None:
             setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-            return setter, getter
-    return None, None
+            return setter, getter, lib
+    return None, None, None
 
 
-_blas_set, _blas_get = _find_openblas()
+_blas_set, _blas_get, _numpy_openblas = _find_openblas()
 
 
 def _pin_scipy_openblas():
-    """Set SciPy's OpenBLAS (the BLAS of np.dot inside Numba code) to 1 thread; True if it was found."""
+    """Set SciPy's OpenBLAS (the BLAS of np.dot inside Numba code) to 1 thread; the library, or None if not found."""
     spec = importlib.util.find_spec("scipy")
     if spec is None or spec.origin is None:
-        return False
+        return None
     libs_dir = os.path.join(os.path.dirname(os.path.dirname(spec.origin)), "scipy.libs")
     for path in sorted(glob.glob(os.path.join(libs_dir, "*openblas*"))):
         try:
@@ -86,16 +92,33 @@ def _pin_scipy_openblas():
         if setter is not None:
             setter.argtypes, setter.restype = [ctypes.c_int], None
             setter(1)
-            return True
-    return False
+            return lib
+    return None
 
 
-_scipy_pinned = _pin_scipy_openblas()
+_scipy_openblas = _pin_scipy_openblas()
 
 
 def scipy_blas_pinned():
     """True when SciPy's OpenBLAS (used by np.dot inside conv2d's parallel loops) was set to 1 thread."""
-    return _scipy_pinned
+    return _scipy_openblas is not None
+
+
+def openblas_cores():
+    """{"numpy": name, "scipy": name}: the kernel set each OpenBLAS copy chose when it loaded.
+
+    OpenBLAS's wheels carry kernels for many CPUs and pick one set at load time from the CPU model, or
+    from the environment variable OPENBLAS_CORETYPE when it is set (e.g. "Haswell": AVX2, "SkylakeX":
+    AVX-512). SciPy's copy runs conv2d's and conv_transpose2d's GEMMs (kernels/blas.py), NumPy's np.matmul.
+    On an AVX-512 CPU pinned to Haswell the GEMMs run at about half speed (measured on a Zen 5: SGEMM
+    131 vs 252 GFLOP/s on one thread). A name is None where the library or its call was not found."""
+    names = {}
+    for package, lib in (("numpy", _numpy_openblas), ("scipy", _scipy_openblas)):
+        corename = None if lib is None else _first(lib, _CORENAMES)
+        if corename is not None:
+            corename.restype = ctypes.c_char_p
+        names[package] = None if corename is None else corename().decode()
+    return names
 
 
 def blas_threads_controllable():
