@@ -58,21 +58,22 @@ How it is laid out:
   never copied out. The (offset, weight) pairs are the tap table, built
   per call in NumPy.
 * Register blocking (_gather_taps): two output channels and four taps per
-  pass over k (the table is padded with zero-weight taps). Each step loads
-  4 input values for 8 multiply-adds into the 2 outputs, where an axpy per
-  tap and channel does 2 loads and 1 store per multiply-add. An odd
-  channel out goes through the same loop alone (depthwise without a
-  multiplier: every channel).
+  pass over k. Each step loads 4 input values for 8 multiply-adds into the
+  2 outputs, where an axpy per tap and channel does 2 loads and 1 store
+  per multiply-add. The last T % 4 taps take a pass each (not zero-weight
+  padding: for 3x3 depthwise, T = 9, that wasted a quarter of the work).
+  An odd channel out goes through the same loop alone (depthwise without
+  a multiplier: every channel).
 * grad_input is the same gather run backwards in space: grad_output is
   copied with zero margins (A, B) = ((k_h-1)·dil_h // stride_h,
   (k_w-1)·dil_w // stride_w), and input phase (r, t) at [a, b] gathers
   w[o,c,p,q] · g[a - p·dil_h // stride_h, b - q·dil_w // stride_w] from the
   taps (o, p, q) of that phase: a second tap table (_grad_input_taps).
 * grad_weight[o, t] = Σ_k g_flat[k] · x_flat[offset[t] + k], dot products
-  (_dot_taps, 2 channels × 4 taps per pass) summed into a per-block
-  partial; the partials are added in block order after the loop, so no two
-  threads write one element and the answer is the same bit for bit at any
-  thread count.
+  (_dot_taps, 2 channels × 4 taps per pass, the last T % 4 taps one per
+  pass) summed into a per-block partial; the partials are added in block
+  order after the loop, so no two threads write one element and the answer
+  is the same bit for bit at any thread count.
 * below conv2d's _SERIAL_MULTIPLY_ADDS multiply-adds a call runs on one
   thread (waking the others costs milliseconds on a busy machine).
 
@@ -92,7 +93,6 @@ from kernels.conv2d import _serial_if_small  # small work on one thread (waking 
 # Fast-math subset allowed by STYLE.md 13 (no -inf or NaN tricks in this op):
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
 FASTMATH = {"reassoc", "contract", "nsz"}
-TAPS_PER_PASS = 4  # taps summed per pass over a plane (_gather_taps, _dot_taps)
 # conv2d runs grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS here. Measured against the im2col route
 # (benchmarks/dev.py --crossover, 16x16): 3x3 kernels stay ahead up to 64 channels per group (0.66x at 16),
 # 1x1 kernels, which need no im2col, only up to 2 (1.1-1.2x the im2col time at 4-16).
@@ -145,7 +145,7 @@ def grouped_conv2d_backward(grad_output, x, weight, stride, padding, dilation, g
         total = partial[0]
         for b in range(1, blocks):  # block order: the same sum at any thread count
             total += partial[b]
-        grad_weight = np.ascontiguousarray(total[:, :weight[0].size]).reshape(weight.shape)
+        grad_weight = total.reshape(weight.shape)  # (C_out, T) -> (C_out, C_g, k_h, k_w)
     grad_bias = grad_output.sum(axis=(0, 2, 3)) if need_bias else None
     return (grad_input if need_input else None), grad_weight, grad_bias
 
@@ -205,16 +205,15 @@ class _Layout:
 
 
 def _forward_taps(weight, layout):
-    """offsets (T,): where tap (c, p, q) starts in an item's phase scratch; tap_weights (C_out, T).
-
-    T = C_g·k_h·k_w rounded up to TAPS_PER_PASS with zero-weight taps (offset 0)."""
+    """offsets (T,): where tap (c, p, q), T = C_g·k_h·k_w of them, starts in an item's phase scratch;
+    tap_weights (C_out, T)."""
     c_out, c_g, k_h, k_w = weight.shape
     L = layout
     c, p, q = np.meshgrid(np.arange(c_g), np.arange(k_h), np.arange(k_w), indexing="ij")  # (C_g, k_h, k_w)
     phase = (p * L.dil_h % L.stride_h) * L.stride_w + q * L.dil_w % L.stride_w
     offsets = ((c * L.stride_h * L.stride_w + phase) * L.samples * L.plane + p * L.dil_h // L.stride_h * L.pitch
                + q * L.dil_w // L.stride_w)
-    return _pad_taps(offsets.reshape(-1), weight.reshape(c_out, -1))  # weight (C_out, C_g·k_h·k_w)
+    return offsets.reshape(-1).astype(np.int64), weight.reshape(c_out, -1)  # weight (C_out, C_g·k_h·k_w)
 
 
 def _grad_input_taps(weight, groups, layout):
@@ -222,6 +221,7 @@ def _grad_input_taps(weight, groups, layout):
     (o, p, q) of that phase, at offset[o, p, q] = o·samples·plane + (A - p·dil_h // stride_h)·P
     + B - q·dil_w // stride_w into the item's grad_output scratch, with weight w[g·O_g + o, c, p, q] for
     input channel g·C_g + c.
+    T is the most taps any phase has; a phase with fewer gets zero-weight taps (offset 0).
     The gather runs over k in [first, first + count) = spans[s] of the phase, the part that holds input
     pixels (not padding): the offsets include `first`."""
     c_out, c_g, k_h, k_w = weight.shape
@@ -242,7 +242,7 @@ def _grad_input_taps(weight, groups, layout):
         spans[s] = _phase_span(s // L.stride_w, s % L.stride_w, layout)
         all_offsets[s, :len(taps)] = offsets[taps] + spans[s, 0]
         all_weights[:, s, :len(taps)] = by_input[:, taps]
-    return _pad_taps(all_offsets, all_weights) + (spans,)
+    return all_offsets, all_weights, spans
 
 
 def _phase_span(r, t, layout):
@@ -263,13 +263,6 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def _pad_taps(offsets, tap_weights):
-    """Both padded on the last axis to a multiple of TAPS_PER_PASS: offset 0, weight 0 (harmless taps)."""
-    extra = -offsets.shape[-1] % TAPS_PER_PASS
-    pad = lambda a: np.ascontiguousarray(np.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra)]))  # noqa: E731
-    return pad(offsets.astype(np.int64)), pad(tap_weights)
-
-
 def _blocks(items):
     """How many blocks the items are cut into: one per Numba thread the process started, fixed for its
     lifetime, so results do not depend on set_num_threads. (Read here: Numba will not cache a kernel that
@@ -287,12 +280,14 @@ def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n, add, star
     the caller a pass that fills dst with a start value (the bias, or zero).
 
     A register block of 2 rows × 4 taps per pass over k: 4 source loads feed 8 multiply-adds (an axpy per
-    tap and row needs 2 loads per multiply-add). LLVM hoists the `two` test out of the k loop (loop
-    unswitching) and vectorises both versions: a lone row costs what a 1-row loop would (measured).
+    tap and row needs 2 loads per multiply-add); the last T % 4 taps take one pass each. LLVM hoists the
+    `two` test out of the k loop (loop unswitching) and vectorises both versions: a lone row costs what a
+    1-row loop would (measured).
     Slices are taken first: indexing src[offsets[t] + k] directly stays scalar (Numba's negative-index
     wraparound hides the affine address from LLVM; measured 4x)."""
     d0, d1 = dst0[:n], dst1[:n]
-    for t in range(0, offsets.size, 4):
+    blocked = offsets.size - offsets.size % 4  # taps in passes of 4; then one pass per remaining tap
+    for t in range(0, blocked, 4):
         s0 = src[offsets[t]:offsets[t] + n]
         s1 = src[offsets[t + 1]:offsets[t + 1] + n]
         s2 = src[offsets[t + 2]:offsets[t + 2] + n]
@@ -305,16 +300,25 @@ def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n, add, star
             d0[k] = (d0[k] if keep else start0) + (a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3)
             if two:
                 d1[k] = (d1[k] if keep else start1) + (b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3)
+    for t in range(blocked, offsets.size):
+        s0 = src[offsets[t]:offsets[t] + n]
+        a0, b0 = weights0[t], weights1[t]
+        keep = add or t > 0  # with T < 4 this is the first pass
+        for k in range(n):
+            d0[k] = (d0[k] if keep else start0) + a0 * s0[k]
+            if two:
+                d1[k] = (d1[k] if keep else start1) + b0 * s0[k]
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def _dot_taps(acc0, acc1, two, g0, g1, src, offsets, n):
     """acc0[t] += Σ_k g0[k] · src[offsets[t] + k]  for k < n, and the same for acc1 with g1 when `two`: the
-    adjoint of _gather_taps with respect to the weights, 2 rows × 4 taps per pass. The sums start from
-    acc[t], so they are typed as the arrays (a literal 0.0 would make a float32 sum an unvectorised
-    float64 one)."""
+    adjoint of _gather_taps with respect to the weights, 2 rows × 4 taps per pass, then one tap per pass.
+    The sums start from acc[t], so they are typed as the arrays (a literal 0.0 would make a float32 sum an
+    unvectorised float64 one)."""
     g0, g1 = g0[:n], g1[:n]
-    for t in range(0, offsets.size, 4):
+    blocked = offsets.size - offsets.size % 4  # as in _gather_taps
+    for t in range(0, blocked, 4):
         s0 = src[offsets[t]:offsets[t] + n]
         s1 = src[offsets[t + 1]:offsets[t + 1] + n]
         s2 = src[offsets[t + 2]:offsets[t + 2] + n]
@@ -335,6 +339,16 @@ def _dot_taps(acc0, acc1, two, g0, g1, src, offsets, n):
         acc0[t], acc0[t + 1], acc0[t + 2], acc0[t + 3] = a0, a1, a2, a3
         if two:
             acc1[t], acc1[t + 1], acc1[t + 2], acc1[t + 3] = b0, b1, b2, b3
+    for t in range(blocked, offsets.size):
+        s0 = src[offsets[t]:offsets[t] + n]
+        a0, b0 = acc0[t], acc1[t]
+        for k in range(n):
+            a0 += g0[k] * s0[k]
+            if two:
+                b0 += g1[k] * s0[k]
+        acc0[t] = a0
+        if two:
+            acc1[t] = b0
 
 
 @njit(cache=True)

@@ -230,3 +230,20 @@ def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
     large = depthwise.grouped_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), 2)
     assert seen == [1, previous] and numba.get_num_threads() == previous
     np.testing.assert_array_equal(small, large)
+
+
+@pytest.mark.parametrize("shape, groups, o_group, k, s", [
+    ((2, 3, 5, 6), 3, 1, (1, 1), (1, 1)),   # T = 1 < 4: the one-tap pass is also the first pass
+    ((2, 3, 5, 6), 3, 3, (1, 1), (2, 1)),   # T = 1, channels in pairs and an odd one out; 1 tap in 1 of 2 phases
+    ((2, 4, 5, 6), 2, 3, (1, 1), (1, 1)),   # T = 2
+    ((2, 3, 5, 6), 3, 2, (1, 3), (1, 2)),   # T = 3; grad_input phases of 2 and 1 taps
+    ((2, 3, 6, 5), 3, 1, (5, 1), (1, 1)),   # T = 5: one pass of 4 and one of 1
+    ((2, 3, 6, 6), 3, 2, (3, 3), (1, 1)),   # T = 9: depthwise 3x3 with multiplier 2
+    ((2, 6, 7, 6), 2, 3, (3, 3), (2, 2)),   # T = 27; grad_input phases of 4, 2, 2 and 1 (output) taps
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tap_counts_not_a_multiple_of_four(shape, groups, o_group, k, s, dtype):
+    """T = C_g·k_h·k_w taps run in passes of 4 and then one pass per remaining tap (no zero-weight padding)."""
+    rng = np.random.default_rng(10)
+    x, w, b = operands(shape, groups, o_group, k, rng, dtype)
+    check_against_reference(x, w, b, s, (k[0] // 2, k[1] // 2), (1, 1), groups, dtype, rng)
