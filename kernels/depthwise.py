@@ -93,9 +93,13 @@ from kernels.conv2d import _serial_if_small  # small work on one thread (waking 
 # Fast-math subset allowed by STYLE.md 13 (no -inf or NaN tricks in this op):
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
 FASTMATH = {"reassoc", "contract", "nsz"}
-# conv2d runs grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS here. Measured against the im2col route
-# (benchmarks/dev.py --crossover, 16x16): 3x3 kernels stay ahead up to 64 channels per group (0.66x at 16),
-# 1x1 kernels, which need no im2col, only up to 2 (1.1-1.2x the im2col time at 4-16).
+# conv2d runs grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS here. The crossover against conv2d's GEMM
+# routes depends on which kernels OpenBLAS runs (benchmarks/README.md). Measured with benchmarks/dev.py
+# --crossover (16x16, 1 thread, direct / GEMM route time, fwd+bwd) on an AVX-512 AMD EPYC:
+#   OpenBLAS AVX-512 (SkylakeX) kernels: 3x3 0.34 at 8, 0.87 at 16, 1.24 at 32; 1x1 0.93 at 1, 1.23 at 2
+#   OpenBLAS AVX2 (Haswell) kernels:     3x3 0.61 at 16, 0.74 at 32, 0.79 at 64; 1x1 0.55 at 2, 0.97 at 32
+# The limits follow the AVX-512 figures (the default of such a CPU) but for 1x1 at 2 channels a group,
+# which costs 1.23x there and saves 1.8x under AVX2.
 DIRECT_MAX_CHANNELS = 16
 DIRECT_MAX_CHANNELS_1X1 = 2
 
