@@ -27,7 +27,7 @@ code is conv2d's (Chainer's pairing): with cols = Wᵀ · x per (sample, group),
 """
 import numpy as np
 
-from kernels.conv2d import _conv2d, _conv2d_grad_input, _conv2d_grad_weight
+from kernels.conv2d import _conv2d, _conv2d_grad_input, _conv2d_grad_weight, bias_gradient
 
 
 def conv_transpose_output_size(size, k, stride, pad, output_padding, dil):
@@ -58,5 +58,5 @@ def conv_transpose2d_backward(grad_output, x, weight, stride, padding, output_pa
         grad_weight = _conv2d_grad_weight(np.ascontiguousarray(x), grad_output, weight.shape, stride, padding,
                                           dilation, groups)
     if needs[2]:
-        grad_bias = grad_output.sum(axis=(0, 2, 3))
+        grad_bias = bias_gradient(grad_output)
     return grad_input, grad_weight, grad_bias

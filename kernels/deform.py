@@ -98,7 +98,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from kernels.conv2d import _PARTIAL_BYTES, _accumulate, _block, _blocks, _serial_if_small
+from kernels.conv2d import _PARTIAL_BYTES, _accumulate, _block, _blocks, _serial_if_small, bias_gradient
 
 
 # ---------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def deform_conv2d_backward(grad_output, x, offset, weight, stride, padding, dila
             grad_weight_taps += partial[b]
         grad_weight = np.ascontiguousarray(grad_weight_taps.reshape(G, C_out // G, k_h * k_w, C_g)
                                            .transpose(0, 1, 3, 2)).reshape(weight.shape)  # (G, O_g, C_g, K)
-    grad_bias = grad_output.sum(axis=(0, 2, 3)) if need_bias else None
+    grad_bias = bias_gradient(grad_output) if need_bias else None
     return grad_input, grad_offset, grad_weight, grad_bias, grad_mask
 
 

@@ -88,7 +88,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from kernels.conv2d import _serial_if_small  # small work on one thread (waking threads costs ~8 ms under load)
+from kernels.conv2d import _serial_if_small, bias_gradient  # small work: one thread (waking them costs ms)
 
 # Fast-math subset allowed by STYLE.md 13 (no -inf or NaN tricks in this op):
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
@@ -150,7 +150,7 @@ def grouped_conv2d_backward(grad_output, x, weight, stride, padding, dilation, g
         for b in range(1, blocks):  # block order: the same sum at any thread count
             total += partial[b]
         grad_weight = total.reshape(weight.shape)  # (C_out, T) -> (C_out, C_g, k_h, k_w)
-    grad_bias = grad_output.sum(axis=(0, 2, 3)) if need_bias else None
+    grad_bias = bias_gradient(grad_output) if need_bias else None
     return (grad_input if need_input else None), grad_weight, grad_bias
 
 

@@ -379,3 +379,15 @@ def test_conv2d_bias_dtype_mismatch():
     x, w = Tensor(np.zeros((1, 2, 4, 4))), Tensor(np.zeros((3, 2, 3, 3)))
     with pytest.raises(TypeError, match="bias.*float32"):
         F.conv2d(x, w, Tensor(np.zeros(3, np.float32)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bias_gradient_is_the_channel_sum(dtype):
+    """grad_bias sums each channel in float64 on one thread: the exact sum rounded once, at any thread count."""
+    g = np.random.default_rng(7).standard_normal((5, 3, 7, 9)).astype(dtype)
+    want = g.astype(np.float64).sum(axis=(0, 2, 3))
+    got = dense_conv.bias_gradient(g)
+    assert got.dtype == dtype and got.shape == (3,)
+    np.testing.assert_allclose(got, want.astype(dtype), rtol=1e-6 if dtype == np.float32 else 1e-13)
+    strided = np.asfortranarray(g)  # any memory layout
+    np.testing.assert_array_equal(dense_conv.bias_gradient(strided), got)
