@@ -115,9 +115,11 @@ def _max_forward(x, first_h, count_h, dil_h, first_w, count_w, dil_w, y, indices
 
 @njit(cache=True, parallel=True)
 def _max_backward(grad_output, indices, grad_input):
-    # grad_output, indices (P, out_h·out_w); grad_input (P, H·W), zero on entry
+    # grad_output, indices (P, out_h·out_w); grad_input (P, H·W), zeroed here plane by plane (in the
+    # parallel loop: a fresh 16 MB np.zeros costs its page faults on one thread, measured 1.2 vs 0.9 ms)
     n_planes, n_out = grad_output.shape
     for plane in prange(n_planes):
+        grad_input[plane, :] = 0
         for o in range(n_out):
             idx = indices[plane, o]
             if idx >= 0:
@@ -154,7 +156,7 @@ def max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
 def max_pool2d_backward(grad_output, indices, input_shape):
     """grad_input[n, c, indices[n, c, i, j]] += grad_output[n, c, i, j]."""
     N, C, H, W = input_shape
-    grad_input = np.zeros((N * C, H * W), dtype=grad_output.dtype)  # (P, H·W)
+    grad_input = np.empty((N * C, H * W), dtype=grad_output.dtype)  # (P, H·W), zeroed by _max_backward
     with _serial_if_small(grad_input.size):
         _max_backward(np.ascontiguousarray(grad_output).reshape(N * C, -1),
                       np.ascontiguousarray(indices).reshape(N * C, -1), grad_input)
@@ -191,10 +193,12 @@ def _box_forward(x, first_h, count_h, div_h, first_w, count_w, div_w, y):
 
 @njit(cache=True, parallel=True)
 def _box_backward(grad_output, first_h, count_h, div_h, first_w, count_w, div_w, grad_input):
-    # grad_output (P, out_h, out_w); grad_input (P, H, W), zero on entry; prange over planes: disjoint writes
+    # grad_output (P, out_h, out_w); grad_input (P, H, W), zeroed here (as in _max_backward); prange over
+    # planes: disjoint writes
     n_planes = grad_output.shape[0]
     out_h, out_w = grad_output.shape[1], grad_output.shape[2]
     for plane in prange(n_planes):
+        grad_input[plane] = 0
         for i in range(out_h):
             for j in range(out_w):
                 share = grad_output[plane, i, j] / (div_h[i] * div_w[j])
@@ -229,7 +233,7 @@ def _box_mean(x, rows, cols):
 
 def _box_mean_backward(grad_output, input_shape, rows, cols):
     N, C, H, W = input_shape
-    grad_input = np.zeros((N * C, H, W), dtype=grad_output.dtype)
+    grad_input = np.empty((N * C, H, W), dtype=grad_output.dtype)  # zeroed by _box_backward
     g3 = np.ascontiguousarray(grad_output).reshape(N * C, len(rows[0]), len(cols[0]))  # (P, out_h, out_w)
     with _serial_if_small(grad_input.size):
         _box_backward(g3, *rows, *cols, grad_input)
