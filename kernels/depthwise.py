@@ -57,6 +57,11 @@ How it is laid out:
   measured 3-4x slower); the junk (columns j ≥ out_w, rows i ≥ out_h) is
   never copied out. The (offset, weight) pairs are the tap table, built
   per call in NumPy.
+* At stride 1 neighbours share their zero border (_shared_border): a row
+  keeps its leading zeros but not its trailing ones, since a read past
+  its end lands in the next row's leading zeros; planes alike. 16x16 with
+  a 3x3 kernel and padding 1: planes of 17x17, not 18x18 (10% less junk
+  computed; 7x7 planes: 8x8, not 9x9, grouped C_g = 16 fwd+bwd 24% faster).
 * Register blocking (_gather_taps): two output channels and four taps per
   pass over k. Each step loads 4 input values for 8 multiply-adds into the
   2 outputs, where an axpy per tap and channel does 2 loads and 1 store
@@ -189,13 +194,18 @@ class _Layout:
         self.out_w = (x_shape[3] + 2 * self.pad_w - dil_w * (k_w - 1) - 1) // self.stride_w + 1
         self.H_p = (self.out_h - 1) * self.stride_h + (k_h - 1) * dil_h + 1
         self.W_p = (self.out_w - 1) * self.stride_w + (k_w - 1) * dil_w + 1
-        self.rows = _ceil_div(self.H_p, self.stride_h)
-        phase_w = _ceil_div(self.W_p, self.stride_w)
-        self.margin_h, self.margin_w = (k_h - 1) * dil_h // self.stride_h, (k_w - 1) * dil_w // self.stride_w
-        # a row of a phase fits, and so does a row of grad_output with its left margin; reads past
-        # a row's end land in the next row's left margin, which is zero (grad_input gather)
-        self.pitch = max(phase_w, self.margin_w + self.out_w)
+        if (self.stride_h, self.stride_w) == (1, 1):
+            self.rows, self.margin_h = _shared_border(self.H, self.pad_h, self.out_h, (k_h - 1) * dil_h)
+            self.pitch, self.margin_w = _shared_border(self.W, self.pad_w, self.out_w, (k_w - 1) * dil_w)
+        else:
+            self.rows = _ceil_div(self.H_p, self.stride_h)
+            phase_w = _ceil_div(self.W_p, self.stride_w)
+            self.margin_h, self.margin_w = (k_h - 1) * dil_h // self.stride_h, (k_w - 1) * dil_w // self.stride_w
+            # a row of a phase fits, and so does a row of grad_output with its left margin; reads past
+            # a row's end land in the next row's left margin, which is zero (grad_input gather)
+            self.pitch = max(phase_w, self.margin_w + self.out_w)
         self.plane = self.rows * self.pitch
+        self.slack = (self.H_p + 2) * self.pitch  # zeros after the scratch buffers: what the last plane's reads overrun
         self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane)))
 
     def items(self, groups):
@@ -205,7 +215,22 @@ class _Layout:
     def scalars(self):
         """The ints the jitted kernels take, in their order."""
         return (self.pad_h, self.pad_w, self.stride_h, self.stride_w, self.H_p, self.W_p, self.rows, self.pitch,
-                self.margin_h, self.margin_w, self.samples)
+                self.margin_h, self.margin_w, self.samples, self.slack)
+
+
+def _shared_border(size, pad, out, extent):
+    """(pitch, margin) of one axis at stride 1, where neighbours share their zero border: the zeros after a
+    row (or a plane) are the zeros before the next one, so a row holds its leading zeros and its data, not
+    the trailing ones (16x16, 3x3, pad 1: rows of 17, not 18, and 17 of them: 11% less to compute).
+
+    size: the input's length; pad: the zeros before and after it; out: the output's length (size + 2·pad
+    - extent); extent = dil·(k - 1). A row holds pad + size (and the output, longer when pad > extent);
+    the forward reads up to size + 2·pad - 1 of it, past the row's end by less than pad: into the next
+    row's leading zeros. grad_output sits `margin` = extent - pad (at least 0) after the start of its
+    row: the grad_input gather of input position pad + w reads grad_output[w + pad - q·dil], q < k, at
+    margin + w + pad - q·dil >= 0, and past the row's end (w + pad - q·dil >= out) the next row's
+    margin, which is zero, as the past-the-end reads of every later row and plane are."""
+    return max(pad + size, out), max(0, extent - pad)
 
 
 def _forward_taps(weight, layout):
@@ -415,7 +440,7 @@ def _block(b, blocks, items):
 
 @njit(cache=True, parallel=True)
 def _forward_items(x, offsets, tap_weights, bias, y, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p, rows,
-                   pitch, margin_h, margin_w, samples, blocks):
+                   pitch, margin_h, margin_w, samples, slack, blocks):
     # N batch, C_g input / O_g output channels per group, S = stride_h·stride_w phases; an item is (block of
     # `samples` samples from n0, group g); plane = rows·pitch; xp (C_g, S, samples, plane) its input in
     # phases; out (2, samples·plane) two output channels of its samples, flat: output channels go in pairs
@@ -426,7 +451,7 @@ def _forward_items(x, offsets, tap_weights, bias, y, groups, pad_h, pad_w, strid
     plane, phases = rows * pitch, stride_h * stride_w
     n_out = (out_h - 1) * pitch + out_w  # one sample's output span
     for b in prange(blocks):
-        xp = np.zeros(c_g * phases * samples * plane, x.dtype)  # its padding is never written: stays zero
+        xp = np.zeros(c_g * phases * samples * plane + slack, x.dtype)  # padding never written: stays zero
         out = np.empty((2, samples * plane), x.dtype)
         lo, hi = _block(b, blocks, _ceil_div_int(N, samples) * groups)
         for item in range(lo, hi):
@@ -451,7 +476,7 @@ def _forward_items(x, offsets, tap_weights, bias, y, groups, pad_h, pad_w, strid
 @njit(cache=True, parallel=True)
 def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input_spans, grad_input, partial,
                     need_input, need_weight, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p, rows, pitch,
-                    margin_h, margin_w, samples, blocks):
+                    margin_h, margin_w, samples, slack, blocks):
     # Items, planes, S and xp as in the forward. gp (O_g, samples, plane) + slack: the item's grad_output
     # planes, each with zero margins (margin_h rows above, margin_w columns left); grad_xp (2, S, samples,
     # plane): two input channels' grads in phases; partial (B, C_out, T) written at [b] by block b only.
@@ -464,8 +489,8 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
     g_first = margin_h * pitch + margin_w  # where g[0, 0] sits in its plane: from there it is an output plane
     zero = x.dtype.type(0)  # the start of each grad_input gather, typed as x (a float64 0.0 would promote float32)
     for b in prange(blocks):
-        gp = np.zeros(o_g * samples * plane + (margin_h + 1) * pitch, x.dtype)  # + what the last gather overreads
-        xp = np.zeros(c_g * phases * samples * plane if need_weight else 0, x.dtype)
+        gp = np.zeros(o_g * samples * plane + slack, x.dtype)  # + what the last gather overreads
+        xp = np.zeros(c_g * phases * samples * plane + slack if need_weight else 0, x.dtype)
         grad_xp = np.empty((2, phases * samples * plane if need_input else 0), x.dtype)
         lo, hi = _block(b, blocks, _ceil_div_int(N, samples) * groups)
         for item in range(lo, hi):

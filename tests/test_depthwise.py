@@ -1,6 +1,8 @@
 """The direct grouped kernel (kernels/depthwise.py: few channels per group, depthwise = one channel per group)
 against kernels/reference.py (conv2d with groups, and the naive depthwise loop), gradients through
 tinyconv.functional.conv2d, which routes grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS there."""
+from unittest import mock
+
 import numba
 import numpy as np
 import pytest
@@ -247,3 +249,27 @@ def test_tap_counts_not_a_multiple_of_four(shape, groups, o_group, k, s, dtype):
     rng = np.random.default_rng(10)
     x, w, b = operands(shape, groups, o_group, k, rng, dtype)
     check_against_reference(x, w, b, s, (k[0] // 2, k[1] // 2), (1, 1), groups, dtype, rng)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(0, 3), st.integers(0, 3), st.integers(1, 2), st.integers(1, 2),
+       st.integers(3, 7), st.integers(1, 8), st.integers(1, 8), st.sampled_from([1, 40, 100]), st.integers(0, 2**31))
+def test_stride_one_shared_borders_match_reference(k_h, k_w, p_h, p_w, d_h, d_w, n, h, w, item_elements, seed):
+    """At stride 1 neighbouring rows and stacked planes share their zero borders (_shared_border): reads past
+    a row or plane land in the next one's leading zeros. Any padding (also wider than the kernel), dilation
+    and stacking (short last items reuse scratch that still holds the previous item's data) gives the
+    reference's answer in float64."""
+    assume(reference.conv_output_size(h, k_h, 1, p_h, d_h) >= 1 and reference.conv_output_size(w, k_w, 1, p_w, d_w) >= 1)
+    rng = np.random.default_rng(seed)
+    groups, c_group, o_group = 2, int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    x, wt, b = operands((n, groups * c_group, h, w), groups, o_group, (k_h, k_w), rng, np.float64)
+    with mock.patch.object(depthwise, "ITEM_ELEMENTS", item_elements):
+        check_against_reference(x, wt, b, (1, 1), (p_h, p_w), (d_h, d_w), groups, np.float64, rng)
+
+
+def test_shared_border_sizes():
+    """16x16, 3x3, pad 1: rows of 17 (16 data + 1 shared zero), grad_output 1 column in; pad wider than the
+    kernel: no grad_output margin, and the row still holds the whole output."""
+    assert depthwise._shared_border(16, 1, 16, 2) == (17, 1)
+    assert depthwise._shared_border(4, 5, 12, 2) == (12, 0)
+    assert depthwise._shared_border(7, 0, 5, 2) == (7, 2)
