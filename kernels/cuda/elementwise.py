@@ -80,10 +80,14 @@ def broadcast_strides(shape, out_shape):
 
 def binary(op, a, b, out):
     """out = op(a, b) with NumPy broadcasting; out has the broadcast shape."""
+    return _broadcast_pair(_binary_kernel, BINARY_OPS.index(op), a, b, out)
+
+
+def _broadcast_pair(kernel, op, a, b, out):
+    """Launch kernel(a, a's strides, b, b's strides, out's shape, op, out), one thread per element of out."""
     a, b = to_device(a), to_device(b)
-    _binary_kernel[blocks(out.size), THREADS](flat(a), broadcast_strides(a.shape, out.shape), flat(b),
-                                              broadcast_strides(b.shape, out.shape), padded(out.shape, 1),
-                                              BINARY_OPS.index(op), flat(out))
+    kernel[blocks(out.size), THREADS](flat(a), broadcast_strides(a.shape, out.shape), flat(b),
+                                      broadcast_strides(b.shape, out.shape), padded(out.shape, 1), op, flat(out))
     return out
 
 
@@ -104,11 +108,7 @@ def unary(op, a, out):
 
 def predicate(op, a, b, out):
     """out = op(a, b) as booleans (comparisons, logical and/or/xor), with NumPy broadcasting."""
-    a, b = to_device(a), to_device(b)
-    _predicate_kernel[blocks(out.size), THREADS](flat(a), broadcast_strides(a.shape, out.shape), flat(b),
-                                                 broadcast_strides(b.shape, out.shape), padded(out.shape, 1),
-                                                 PREDICATE_OPS.index(op), flat(out))
-    return out
+    return _broadcast_pair(_predicate_kernel, PREDICATE_OPS.index(op), a, b, out)
 
 
 def where(cond, a, b, out):
@@ -234,18 +234,23 @@ def _predicate(op, a, b):
     return (a != 0) != (b != 0)
 
 
+@cuda.jit(device=True)
+def _offset(idx, shape, steps, start):
+    # where element idx of a C-contiguous array of `shape` (MAX_DIMS long) sits in an operand that moves
+    # steps[d] along axis d: start + Σ_d index_d · steps[d] (a broadcast axis steps 0, a reversed one < 0)
+    rest, offset = idx, start
+    for d in range(MAX_DIMS - 1, -1, -1):
+        offset += (rest % shape[d]) * steps[d]
+        rest //= shape[d]
+    return offset
+
+
 @cuda.jit
 def _binary_kernel(a, a_strides, b, b_strides, shape, op, out):
     # a, b, out flat; shape and strides MAX_DIMS long; one thread per out element
     idx = cuda.grid(1)
     if idx < out.size:
-        rest, ia, ib = idx, 0, 0
-        for d in range(MAX_DIMS - 1, -1, -1):
-            k = rest % shape[d]
-            rest //= shape[d]
-            ia += k * a_strides[d]
-            ib += k * b_strides[d]
-        out[idx] = _apply(op, a[ia], b[ib])
+        out[idx] = _apply(op, a[_offset(idx, shape, a_strides, 0)], b[_offset(idx, shape, b_strides, 0)])
 
 
 @cuda.jit
@@ -253,13 +258,7 @@ def _predicate_kernel(a, a_strides, b, b_strides, shape, op, out):
     # as _binary_kernel; out is boolean
     idx = cuda.grid(1)
     if idx < out.size:
-        rest, ia, ib = idx, 0, 0
-        for d in range(MAX_DIMS - 1, -1, -1):
-            k = rest % shape[d]
-            rest //= shape[d]
-            ia += k * a_strides[d]
-            ib += k * b_strides[d]
-        out[idx] = _predicate(op, a[ia], b[ib])
+        out[idx] = _predicate(op, a[_offset(idx, shape, a_strides, 0)], b[_offset(idx, shape, b_strides, 0)])
 
 
 @cuda.jit
@@ -267,17 +266,10 @@ def _where_kernel(cond, c_strides, a, a_strides, b, b_strides, shape, out):
     # three broadcast operands; one thread per out element
     idx = cuda.grid(1)
     if idx < out.size:
-        rest, ic, ia, ib = idx, 0, 0, 0
-        for d in range(MAX_DIMS - 1, -1, -1):
-            k = rest % shape[d]
-            rest //= shape[d]
-            ic += k * c_strides[d]
-            ia += k * a_strides[d]
-            ib += k * b_strides[d]
-        if cond[ic]:
-            out[idx] = a[ia]
+        if cond[_offset(idx, shape, c_strides, 0)]:
+            out[idx] = a[_offset(idx, shape, a_strides, 0)]
         else:
-            out[idx] = b[ib]
+            out[idx] = b[_offset(idx, shape, b_strides, 0)]
 
 
 @cuda.jit
@@ -328,11 +320,7 @@ def _gather_kernel(a, offset, steps, shape, out):
     # out (shape) C-contiguous; steps[d]: how far a moves along out's axis d (may be 0 or negative)
     idx = cuda.grid(1)
     if idx < out.size:
-        rest, ia = idx, offset
-        for d in range(MAX_DIMS - 1, -1, -1):
-            ia += (rest % shape[d]) * steps[d]
-            rest //= shape[d]
-        out[idx] = a[ia]
+        out[idx] = a[_offset(idx, shape, steps, offset)]
 
 
 @cuda.jit
@@ -340,10 +328,7 @@ def _scatter_kernel(src, offset, steps, shape, accumulate, out):
     # src (shape) C-contiguous; the same index maths as _gather_kernel, read and write swapped
     idx = cuda.grid(1)
     if idx < src.size:
-        rest, io = idx, offset
-        for d in range(MAX_DIMS - 1, -1, -1):
-            io += (rest % shape[d]) * steps[d]
-            rest //= shape[d]
+        io = _offset(idx, shape, steps, offset)
         if accumulate:
             out[io] += src[idx]
         else:
