@@ -71,7 +71,8 @@ How it is laid out:
   a multiplier: every channel).
 * grad_input is the same gather run backwards in space: grad_output is
   copied with zero margins (A, B) = ((k_h-1)·dil_h // stride_h,
-  (k_w-1)·dil_w // stride_w), and input phase (r, t) at [a, b] gathers
+  (k_w-1)·dil_w // stride_w) (at stride 1 less the padding, at least 0:
+  _shared_border), and input phase (r, t) at [a, b] gathers
   w[o,c,p,q] · g[a - p·dil_h // stride_h, b - q·dil_w // stride_w] from the
   taps (o, p, q) of that phase: a second tap table (_grad_input_taps).
 * grad_weight[o, t] = Σ_k g_flat[k] · x_flat[offset[t] + k], dot products
@@ -179,6 +180,8 @@ class _Layout:
     rounded up); pitch P: the row pitch of every flat buffer; plane = rows·P, the flat size of one phase
     of one channel of one sample, and of one output or grad_output plane with its margins;
     margin_h, margin_w: the zero margins (A, B) put around grad_output for the grad_input gather.
+    At stride 1 rows, pitch and margins come from _shared_border instead (borders shared by neighbours);
+    slack: zeros after each scratch buffer, for the reads past the last plane's end.
 
     samples: how many samples one work item stacks, plane after plane, so that a pass over k runs over
     about ITEM_ELEMENTS values. A pass over one 16x16 plane (286 values) ran at 60% of the speed of one
@@ -205,7 +208,7 @@ class _Layout:
             # a row's end land in the next row's left margin, which is zero (grad_input gather)
             self.pitch = max(phase_w, self.margin_w + self.out_w)
         self.plane = self.rows * self.pitch
-        self.slack = (self.H_p + 2) * self.pitch  # zeros after the scratch buffers: what the last plane's reads overrun
+        self.slack = (self.H_p + 2) * self.pitch  # more than the last plane's reads overrun
         self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane)))
 
     def items(self, groups):
