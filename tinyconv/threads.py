@@ -88,7 +88,7 @@ def _pin_scipy_openblas():
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        setter = getattr(lib, "scipy_openblas_set_num_threads", None) or getattr(lib, "openblas_set_num_threads", None)
+        setter = _first(lib, ("scipy_openblas_set_num_threads", "openblas_set_num_threads"))
         if setter is not None:
             setter.argtypes, setter.restype = [ctypes.c_int], None
             setter(1)
