@@ -305,6 +305,13 @@ def _blocks(items):
 # ---------------------------------------------------------------------------
 # the three loops everything is made of
 # ---------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _four_runs(src, offsets, t, n):
+    """The n-long runs of src that taps t ... t + 3 read, as slices (see _gather_taps for why slices)."""
+    return (src[offsets[t]:offsets[t] + n], src[offsets[t + 1]:offsets[t + 1] + n],
+            src[offsets[t + 2]:offsets[t + 2] + n], src[offsets[t + 3]:offsets[t + 3] + n])
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n, add, start0, start1):
     """dst0[k] = (dst0[k] if add else start0) + Σ_t weights0[t] · src[offsets[t] + k]  for k < n, and the same
@@ -320,10 +327,7 @@ def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n, add, star
     d0, d1 = dst0[:n], dst1[:n]
     blocked = offsets.size - offsets.size % 4  # taps in passes of 4; then one pass per remaining tap
     for t in range(0, blocked, 4):
-        s0 = src[offsets[t]:offsets[t] + n]
-        s1 = src[offsets[t + 1]:offsets[t + 1] + n]
-        s2 = src[offsets[t + 2]:offsets[t + 2] + n]
-        s3 = src[offsets[t + 3]:offsets[t + 3] + n]
+        s0, s1, s2, s3 = _four_runs(src, offsets, t, n)
         a0, a1, a2, a3 = weights0[t], weights0[t + 1], weights0[t + 2], weights0[t + 3]
         b0, b1, b2, b3 = weights1[t], weights1[t + 1], weights1[t + 2], weights1[t + 3]
         keep = add or t > 0  # the first pass writes start + its taps, the later ones add theirs
@@ -351,10 +355,7 @@ def _dot_taps(acc0, acc1, two, g0, g1, src, offsets, n):
     g0, g1 = g0[:n], g1[:n]
     blocked = offsets.size - offsets.size % 4  # as in _gather_taps
     for t in range(0, blocked, 4):
-        s0 = src[offsets[t]:offsets[t] + n]
-        s1 = src[offsets[t + 1]:offsets[t + 1] + n]
-        s2 = src[offsets[t + 2]:offsets[t + 2] + n]
-        s3 = src[offsets[t + 3]:offsets[t + 3] + n]
+        s0, s1, s2, s3 = _four_runs(src, offsets, t, n)
         a0, a1, a2, a3 = acc0[t], acc0[t + 1], acc0[t + 2], acc0[t + 3]
         b0, b1, b2, b3 = acc1[t], acc1[t + 1], acc1[t + 2], acc1[t + 3]
         for k in range(n):
