@@ -37,10 +37,9 @@ def test_openblas_cores_name_a_kernel_set_or_none():
 
 
 def _cores_in_child(coretype):
-    """openblas_cores() in a fresh process started with OPENBLAS_CORETYPE=coretype (None: unset)."""
+    """openblas_cores() in a fresh process started with OPENBLAS_CORETYPE=coretype."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    if coretype is not None:
-        env["OPENBLAS_CORETYPE"] = coretype
+    env["OPENBLAS_CORETYPE"] = coretype
     code = "import tinyconv.threads as t; c = t.openblas_cores(); print(c['numpy'], c['scipy'])"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=120)
