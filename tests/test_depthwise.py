@@ -19,13 +19,15 @@ TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, ato
 
 
 @st.composite
-def grouped_configs(draw, max_size=9, max_channels=4):
-    """(x shape, groups, output channels per group, kernel, stride, padding, dilation), non-empty output."""
+def grouped_configs(draw, max_size=9, max_channels=4, channels=None, outputs=st.integers(1, 3)):
+    """(x shape, groups, output channels per group, kernel, stride, padding, dilation), non-empty output.
+    Input channels per group from `channels` (default 1 ... max_channels), output channels from `outputs`."""
     k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    groups, c_group, o_group = draw(st.integers(1, 3)), draw(st.integers(1, max_channels)), draw(st.integers(1, 3))
+    channels = st.integers(1, max_channels) if channels is None else channels
+    groups, c_group, o_group = draw(st.integers(1, 3)), draw(channels), draw(outputs)
     shape = (draw(st.integers(1, 3)), groups * c_group, draw(st.integers(1, max_size)), draw(st.integers(1, max_size)))
     assume(all(reference.conv_output_size(shape[2 + a], k[a], s[a], p[a], d[a]) >= 1 for a in range(2)))
     return shape, groups, o_group, k, s, p, d
@@ -61,6 +63,27 @@ def test_grouped_matches_reference(config, dtype, with_bias, seed):
     rng = np.random.default_rng(seed)
     x, w, b = operands(shape, groups, o_group, k, rng, dtype)
     check_against_reference(x, w, b if with_bias else None, s, p, d, groups, dtype, rng)
+
+
+@settings(max_examples=25, deadline=None)
+@given(grouped_configs(max_size=6, channels=st.sampled_from([1, 3, 16]), outputs=st.sampled_from([4, 8, 16, 32])),
+       st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
+def test_wide_groups_match_reference(config, dtype, seed):
+    """Groups of many channels take the register-blocked loops: 16 output channels at a time through
+    _gather_rows16 (O_g a multiple of 16; grad_input too when C_g = 16), grad_weight 4 output channels at a
+    time through _dot_taps4 (O_g a multiple of 4), any tap count (T % 4 taps one per pass)."""
+    shape, groups, o_group, k, s, p, d = config
+    rng = np.random.default_rng(seed)
+    x, w, b = operands(shape, groups, o_group, k, rng, dtype)
+    check_against_reference(x, w, b, s, p, d, groups, dtype, rng)
+
+
+def test_by_sixteen_puts_sixteen_rows_last():
+    tap_weights = np.arange(2 * 32 * 3, dtype=np.float64).reshape(64, 3)  # 2 groups of 32 rows, 3 taps
+    blocks = depthwise._by_sixteen(tap_weights, 2)
+    assert blocks.shape == (4, 3, 16)
+    np.testing.assert_array_equal(blocks[2, :, 5], tap_weights[2 * 16 + 5])
+    assert depthwise._by_sixteen(tap_weights, 8).shape == (0, 3, 16)  # 8 rows a group: not a multiple of 16
 
 
 @pytest.mark.parametrize("shape, groups, o_group, k, s, p, d", [
@@ -100,7 +123,9 @@ def test_items_of_several_samples_match_reference(monkeypatch, item_elements):
     monkeypatch.setattr(depthwise, "ITEM_ELEMENTS", item_elements)
     rng = np.random.default_rng(9)
     for shape, groups, o_group, k, s, p, d in [((5, 4, 5, 4), 2, 3, (3, 3), (1, 1), (1, 1), (1, 1)),
-                                               ((5, 3, 6, 5), 3, 1, (3, 2), (2, 3), (2, 1), (1, 2))]:
+                                               ((5, 3, 6, 5), 3, 1, (3, 2), (2, 3), (2, 1), (1, 2)),
+                                               ((5, 32, 5, 4), 2, 16, (3, 3), (1, 1), (1, 1), (1, 1)),  # wide loops
+                                               ((5, 6, 4, 5), 2, 4, (1, 1), (1, 1), (0, 0), (1, 1))]:  # T = 3 < 4
         x, w, b = operands(shape, groups, o_group, k, rng, np.float64)
         check_against_reference(x, w, b, s, p, d, groups, np.float64, rng)
 
