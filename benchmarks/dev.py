@@ -41,7 +41,7 @@ processes hold the cores and multi-thread timings say little.
 --crossover times kernels/depthwise.py's direct grouped kernel against the
 im2col route on C_in = C_out = 128, 16x16, N=32 for C_in/groups = 1 ... 64,
 3x3 and 1x1 (kernels called directly, forward + backward for x and w): the
-measured crossover is DIRECT_MAX_CHANNELS in kernels/depthwise.py.
+measured crossovers are the DIRECT_MAX_CHANNELS limits in kernels/depthwise.py.
 """
 import argparse
 import importlib
@@ -243,7 +243,7 @@ def crossover(ctx, cpu):
             rows.append([k, c_group, 128 // c_group, *(ms_median_min(v) for v in (t["direct fwd"], t["im2col fwd"],
                                                                                  direct, im2col)),
                          f"{np.median(direct) / np.median(im2col):.2f}", f"{direct.min() / im2col.min():.2f}",
-                         "direct" if depthwise.runs_direct(c_group, (k, k)) else "im2col"])
+                         "direct" if depthwise.runs_direct(c_group, c_group, (k, k)) else "im2col"])
     headers = ["k", "C_in/G", "G", "direct fwd", "im2col fwd", "direct f+b", "im2col f+b", "ratio f+b",
                "min ratio", "conv2d runs"]
     return (f"crossover: C_in = C_out = 128, 16x16, N=32; kernels called directly; ms median/min; "

@@ -27,8 +27,9 @@ Why direct: with C_g·k_h·k_w small, im2col (kernels/conv2d.py) copies each
 input pixel k_h·k_w times to feed GEMMs too thin for BLAS to run well, and
 the copy costs more than the arithmetic. Here every multiply-add reads the
 input where it lies. tinyconv.functional.conv2d sends a grouped conv here
-when C_g <= DIRECT_MAX_CHANNELS (the crossover measured against the im2col
-route: python -m benchmarks.dev --crossover).
+when runs_direct says so: C_g <= DIRECT_MAX_CHANNELS, more for wide groups
+(the crossovers measured against the im2col route: python -m benchmarks.dev
+--crossover).
 
 How it is laid out:
 
@@ -107,21 +108,26 @@ from kernels.conv2d import _serial_if_small, bias_gradient  # small work: one th
 # Fast-math subset allowed by STYLE.md 13 (no -inf or NaN tricks in this op):
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
 FASTMATH = {"reassoc", "contract", "nsz"}
-# conv2d runs grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS here. The crossover against conv2d's GEMM
+# conv2d runs grouped convs here with C_in/groups <= DIRECT_MAX_CHANNELS, or <= DIRECT_MAX_CHANNELS_WIDE when
+# their output channels a group go 16 at a time through _gather_rows16. The crossover against conv2d's GEMM
 # routes depends on which kernels OpenBLAS runs (benchmarks/README.md). Measured with benchmarks/dev.py
-# --crossover (16x16, 1 thread, direct / GEMM route time, fwd+bwd) on an AVX-512 AMD EPYC:
-#   OpenBLAS AVX-512 (SkylakeX) kernels: 3x3 0.34 at 8, 0.87 at 16, 1.24 at 32; 1x1 0.93 at 1, 1.23 at 2
-#   OpenBLAS AVX2 (Haswell) kernels:     3x3 0.61 at 16, 0.74 at 32, 0.79 at 64; 1x1 0.55 at 2, 0.97 at 32
+# --crossover (C_in = C_out, 16x16, 1 thread, direct / GEMM route time, fwd+bwd) on an AVX-512 AMD EPYC:
+#   OpenBLAS AVX-512 (SkylakeX) kernels: 3x3 0.24 at 8, 0.67 at 16, 0.92 at 32, 0.94 at 64; 1x1 0.89 at 1, 1.23 at 2
+#   OpenBLAS AVX2 (Haswell) kernels:     3x3 0.46 at 16, 0.51 at 32, 0.53 at 64; 1x1 0.51 at 2, 0.94 at 16
+# and at 7x7 and 8x8 (ResNeXt's last stage): 3x3 0.43-0.63 at 32, but 1.5x slower at 64 under AVX-512.
 # The limits follow the AVX-512 figures (the default of such a CPU) but for 1x1 at 2 channels a group,
-# which costs 1.23x there and saves 1.8x under AVX2.
+# which costs 1.23x there and saves 2x under AVX2.
 DIRECT_MAX_CHANNELS = 16
+DIRECT_MAX_CHANNELS_WIDE = 32
 DIRECT_MAX_CHANNELS_1X1 = 2
 
 
-def runs_direct(channels_per_group, kernel_size):
-    """Whether conv2d sends a grouped conv with this many input channels per group here (the crossovers above)."""
-    limit = DIRECT_MAX_CHANNELS_1X1 if tuple(kernel_size) == (1, 1) else DIRECT_MAX_CHANNELS
-    return channels_per_group <= limit
+def runs_direct(channels_per_group, out_channels_per_group, kernel_size):
+    """Whether conv2d sends a grouped conv with these channels per group here (the crossovers above)."""
+    if tuple(kernel_size) == (1, 1):
+        return channels_per_group <= DIRECT_MAX_CHANNELS_1X1
+    wide = out_channels_per_group % ROWS16 == 0
+    return channels_per_group <= (DIRECT_MAX_CHANNELS_WIDE if wide else DIRECT_MAX_CHANNELS)
 
 
 ITEM_ELEMENTS = 1024  # a work item stacks samples until its flat planes are about this long (see _Layout)

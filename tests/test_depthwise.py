@@ -1,6 +1,6 @@
 """The direct grouped kernel (kernels/depthwise.py: few channels per group, depthwise = one channel per group)
 against kernels/reference.py (conv2d with groups, and the naive depthwise loop), gradients through
-tinyconv.functional.conv2d, which routes grouped convs with C_in/groups <= DIRECT_MAX_CHANNELS there."""
+tinyconv.functional.conv2d, which routes grouped convs with few channels a group there (runs_direct)."""
 from unittest import mock
 
 import numba
@@ -204,13 +204,16 @@ def test_gradcheck_full(shape, groups, o_group, k, s, p, d):
     assert tinyconv.gradcheck(grouped_conv(s, p, d, groups), [x, w, b])
 
 
-@pytest.mark.parametrize("c_group, k, direct", [
-    (1, 3, True), (depthwise.DIRECT_MAX_CHANNELS, 3, True), (depthwise.DIRECT_MAX_CHANNELS + 1, 3, False),
-    (depthwise.DIRECT_MAX_CHANNELS_1X1, 1, True), (depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 1, False)])
-def test_conv2d_routes_few_channels_per_group_to_the_direct_kernel(monkeypatch, c_group, k, direct):
+@pytest.mark.parametrize("c_group, o_group, k, direct", [
+    (1, 2, 3, True), (depthwise.DIRECT_MAX_CHANNELS, 2, 3, True), (depthwise.DIRECT_MAX_CHANNELS + 1, 2, 3, False),
+    (depthwise.DIRECT_MAX_CHANNELS_WIDE, 16, 3, True), (depthwise.DIRECT_MAX_CHANNELS_WIDE + 1, 16, 3, False),
+    (depthwise.DIRECT_MAX_CHANNELS_1X1, 2, 1, True), (depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 2, 1, False),
+    (depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 16, 1, False)])
+def test_conv2d_routes_few_channels_per_group_to_the_direct_kernel(monkeypatch, c_group, o_group, k, direct):
+    """Few input channels a group go direct; more when the group's output channels fill _gather_rows16."""
     seen = record_thread_counts(monkeypatch, depthwise, "_forward_items")
     rng = np.random.default_rng(6)
-    x, w, _ = operands((1, 2 * c_group, 4, 4), 2, 2, (k, k), rng, np.float64)
+    x, w, _ = operands((1, 2 * c_group, 4, 4), 2, o_group, (k, k), rng, np.float64)
     pad = k // 2
     y = F.conv2d(Tensor(x), Tensor(w), padding=pad, groups=2)
     assert bool(seen) == direct

@@ -388,7 +388,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     device = _device("conv2d", input=x, weight=weight, bias=bias)
     x_data, w_data = _contiguous(x.data), _contiguous(weight.data)
     b_data = None if bias is None else bias.data
-    if device == "cpu" and groups > 1 and depthwise.runs_direct(c_in // groups, kernel_size):
+    if device == "cpu" and groups > 1 and depthwise.runs_direct(c_in // groups, weight.shape[0] // groups, kernel_size):
         y = depthwise.grouped_conv2d_forward(x_data, w_data, b_data, stride, pad, dilation, groups)
 
         def kernel_backward(g, needs):
