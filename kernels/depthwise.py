@@ -26,10 +26,12 @@ Gradients, with g = grad_output and xp = x zero-padded by (pad_h, pad_w):
 Why direct: with C_g·k_h·k_w small, im2col (kernels/conv2d.py) copies each
 input pixel k_h·k_w times to feed GEMMs too thin for BLAS to run well, and
 the copy costs more than the arithmetic. Here every multiply-add reads the
-input where it lies. tinyconv.functional.conv2d sends a grouped conv here
-when runs_direct says so: C_g <= DIRECT_MAX_CHANNELS, more for wide groups
-(the crossovers measured against the im2col route: python -m benchmarks.dev
---crossover).
+input where it lies. With many channels a group (dense convolutions too),
+16 output channels at a time keep their sums in registers over all the
+taps (_gather_rows16), and that beats im2col + GEMM up to 64 channels a
+group at stride 1. tinyconv.functional.conv2d sends a convolution here
+when runs_direct says so (the crossovers measured against conv2d's routes
+are by its limits).
 
 How it is laid out:
 
@@ -108,26 +110,37 @@ from kernels.conv2d import _serial_if_small, bias_gradient  # small work: one th
 # Fast-math subset allowed by STYLE.md 13 (no -inf or NaN tricks in this op):
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
 FASTMATH = {"reassoc", "contract", "nsz"}
-# conv2d runs grouped convs here with C_in/groups <= DIRECT_MAX_CHANNELS, or <= DIRECT_MAX_CHANNELS_WIDE when
-# their output channels a group go 16 at a time through _gather_rows16. The crossover against conv2d's GEMM
-# routes depends on which kernels OpenBLAS runs (benchmarks/README.md). Measured with benchmarks/dev.py
-# --crossover (C_in = C_out, 16x16, 1 thread, direct / GEMM route time, fwd+bwd) on an AVX-512 AMD EPYC:
-#   OpenBLAS AVX-512 (SkylakeX) kernels: 3x3 0.24 at 8, 0.67 at 16, 0.92 at 32, 0.94 at 64; 1x1 0.89 at 1, 1.23 at 2
-#   OpenBLAS AVX2 (Haswell) kernels:     3x3 0.46 at 16, 0.51 at 32, 0.53 at 64; 1x1 0.51 at 2, 0.94 at 16
-# and at 7x7 and 8x8 (ResNeXt's last stage): 3x3 0.43-0.63 at 32, but 1.5x slower at 64 under AVX-512.
-# The limits follow the AVX-512 figures (the default of such a CPU) but for 1x1 at 2 channels a group,
-# which costs 1.23x there and saves 2x under AVX2.
+# tinyconv.functional.conv2d runs a convolution here (dense ones, groups = 1, too) with C_in/groups <=
+# DIRECT_MAX_CHANNELS; or, at stride 1 on outputs of DIRECT_MIN_PIXELS_WIDE pixels or more, <=
+# DIRECT_MAX_CHANNELS_WIDE when its output channels a group go 16 at a time through _gather_rows16. The
+# crossover against conv2d's GEMM routes depends on which kernels OpenBLAS runs (benchmarks/README.md).
+# Measured on an AVX-512 AMD EPYC, fwd+bwd, direct / GEMM route time, with OpenBLAS's
+# AVX-512 (SkylakeX) kernels | AVX2 (Haswell) kernels:
+#   grouped, C_in = C_out = 128, 16x16, 1 thread (python -m benchmarks.dev --crossover):
+#     3x3: 0.24 | 0.36 at 8 channels a group, 0.67 | 0.46 at 16, 0.92 | 0.51 at 32, 0.94 | 0.53 at 64
+#     1x1: 0.89 | 0.31 at 1, 1.23 | 0.51 at 2, 1.73 | 0.62 at 4
+#   grouped 3x3 at 7x7 and 8x8 (ResNeXt's last stage): 0.63 | 0.43 at 32, 1.57 | 0.71 at 64 (the size limit
+#     leaves all of these to the GEMM routes: one simple rule)
+#   dense 3x3, N = 32, 2 threads: 16->16 32x32 0.73 | 0.50; 32->32 16x16 0.95 | 0.55; 64->64 8x8
+#     1.17 | 0.76; 128->128 16x16 1.02 | 0.57; stride 2: 16->32 32x32 1.13 | 0.82, 32->64 16x16 1.33 | 0.98
+# The limits follow the AVX-512 figures (the default of such a CPU) but for 1x1 at 2 channels a group
+# (1.23x there, 2x faster under AVX2) and 16 channels at stride 2 (1.13x there, 1.2x faster under AVX2).
 DIRECT_MAX_CHANNELS = 16
-DIRECT_MAX_CHANNELS_WIDE = 32
+DIRECT_MAX_CHANNELS_WIDE = 64
+DIRECT_MIN_PIXELS_WIDE = 16 * 16
 DIRECT_MAX_CHANNELS_1X1 = 2
 
 
-def runs_direct(channels_per_group, out_channels_per_group, kernel_size):
-    """Whether conv2d sends a grouped conv with these channels per group here (the crossovers above)."""
+def runs_direct(channels_per_group, out_channels_per_group, kernel_size, stride, out_size):
+    """Whether conv2d sends a convolution with these channels per group, kernel size, stride and output
+    size (out_h, out_w) here (the crossovers above)."""
     if tuple(kernel_size) == (1, 1):
         return channels_per_group <= DIRECT_MAX_CHANNELS_1X1
+    if channels_per_group <= DIRECT_MAX_CHANNELS:
+        return True
     wide = out_channels_per_group % ROWS16 == 0
-    return channels_per_group <= (DIRECT_MAX_CHANNELS_WIDE if wide else DIRECT_MAX_CHANNELS)
+    return (wide and channels_per_group <= DIRECT_MAX_CHANNELS_WIDE and tuple(stride) == (1, 1)
+            and out_size[0] * out_size[1] >= DIRECT_MIN_PIXELS_WIDE)
 
 
 ITEM_ELEMENTS = 1024  # a work item stacks samples until its flat planes are about this long (see _Layout)

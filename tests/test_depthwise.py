@@ -1,6 +1,6 @@
 """The direct grouped kernel (kernels/depthwise.py: few channels per group, depthwise = one channel per group)
 against kernels/reference.py (conv2d with groups, and the naive depthwise loop), gradients through
-tinyconv.functional.conv2d, which routes grouped convs with few channels a group there (runs_direct)."""
+tinyconv.functional.conv2d, which routes convolutions with few channels a group there (runs_direct)."""
 from unittest import mock
 
 import numba
@@ -204,21 +204,29 @@ def test_gradcheck_full(shape, groups, o_group, k, s, p, d):
     assert tinyconv.gradcheck(grouped_conv(s, p, d, groups), [x, w, b])
 
 
-@pytest.mark.parametrize("c_group, o_group, k, direct", [
-    (1, 2, 3, True), (depthwise.DIRECT_MAX_CHANNELS, 2, 3, True), (depthwise.DIRECT_MAX_CHANNELS + 1, 2, 3, False),
-    (depthwise.DIRECT_MAX_CHANNELS_WIDE, 16, 3, True), (depthwise.DIRECT_MAX_CHANNELS_WIDE + 1, 16, 3, False),
-    (depthwise.DIRECT_MAX_CHANNELS_1X1, 2, 1, True), (depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 2, 1, False),
-    (depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 16, 1, False)])
-def test_conv2d_routes_few_channels_per_group_to_the_direct_kernel(monkeypatch, c_group, o_group, k, direct):
-    """Few input channels a group go direct; more when the group's output channels fill _gather_rows16."""
+@pytest.mark.parametrize("groups, c_group, o_group, k, size, stride, direct", [
+    (2, 1, 2, 3, 4, 1, True), (2, depthwise.DIRECT_MAX_CHANNELS, 2, 3, 4, 2, True),
+    (2, depthwise.DIRECT_MAX_CHANNELS + 1, 2, 3, 16, 1, False),     # 17 a group: only wide groups
+    (2, depthwise.DIRECT_MAX_CHANNELS_WIDE, 16, 3, 16, 1, True),     # wide: 16 output channels a group
+    (1, depthwise.DIRECT_MAX_CHANNELS_WIDE, 32, 3, 16, 1, True),     # a dense conv too
+    (1, depthwise.DIRECT_MAX_CHANNELS_WIDE + 1, 32, 3, 16, 1, False),
+    (1, 32, 32, 3, 15, 1, False),                                    # 15x15 output: too small
+    (1, 32, 32, 3, 32, 2, False),                                    # stride 2
+    (1, 1, 16, 7, 8, 1, True),                                       # a one-channel image, 7x7 kernel
+    (2, depthwise.DIRECT_MAX_CHANNELS_1X1, 2, 1, 4, 1, True), (2, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 2, 1, 4, 1, False),
+    (1, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 16, 1, 16, 1, False)])
+def test_conv2d_routes_to_the_direct_kernel_by_runs_direct(monkeypatch, groups, c_group, o_group, k, size, stride,
+                                                          direct):
+    """Few input channels a group go direct; up to 64 at stride 1 on 16x16 outputs or more when the
+    group's output channels fill _gather_rows16, dense convolutions (groups = 1) alike."""
     seen = record_thread_counts(monkeypatch, depthwise, "_forward_items")
     rng = np.random.default_rng(6)
-    x, w, _ = operands((1, 2 * c_group, 4, 4), 2, o_group, (k, k), rng, np.float64)
+    x, w, _ = operands((1, groups * c_group, size, size), groups, o_group, (k, k), rng, np.float64)
     pad = k // 2
-    y = F.conv2d(Tensor(x), Tensor(w), padding=pad, groups=2)
+    y = F.conv2d(Tensor(x), Tensor(w), stride=stride, padding=pad, groups=groups)
     assert bool(seen) == direct
-    np.testing.assert_allclose(y.data, reference.conv2d_forward(x, w, None, (1, 1), (pad, pad), (1, 1), 2),
-                               **TOL[np.float64])
+    np.testing.assert_allclose(y.data, reference.conv2d_forward(x, w, None, (stride, stride), (pad, pad), (1, 1),
+                                                                groups), **TOL[np.float64])
 
 
 def test_backward_is_reentrant_and_zero_grad_gives_zero():
