@@ -27,8 +27,8 @@ Why direct: with C_g·k_h·k_w small, im2col (kernels/conv2d.py) copies each
 input pixel k_h·k_w times to feed GEMMs too thin for BLAS to run well, and
 the copy costs more than the arithmetic. Here every multiply-add reads the
 input where it lies. With many channels a group (dense convolutions too),
-16 output channels at a time keep their sums in registers over all the
-taps (_gather_rows16), and that beats im2col + GEMM up to 64 channels a
+8 output channels at a time keep their sums in registers over all the
+taps (_gather_rows8), and that beats im2col + GEMM up to 64 channels a
 group at stride 1. tinyconv.functional.conv2d sends a convolution here
 when runs_direct says so (the crossovers measured against conv2d's routes
 are by its limits).
@@ -72,11 +72,12 @@ How it is laid out:
   padding: for 3x3 depthwise, T = 9, that wasted a quarter of the work).
   An odd channel out goes through the same loop alone (depthwise without
   a multiplier: every channel).
-* Wide groups (_gather_rows16): when a group has 16 or more output channels (a multiple of 16), they
-  share every tap's input, so 16 of them at a time keep 16 rows × one vector of pixels of sums in
-  registers across all T taps: a tap is one vector load and 16 multiply-adds, each output written
-  once. (Grouped 3x3, C_g = O_g = 16, 16x16, float32, 1 thread: forward 5.7 -> 4.9 ms, grad_input
-  6.2 -> 5.0.) grad_input takes it too when C_g = 16, its rows being input channels.
+* Wide groups (_gather_rows8): when a group's output channels are a multiple of 8, they share
+  every tap's input, so 8 of them at a time keep 8 rows × two vectors of pixels of sums in
+  registers across all T taps: a tap is two vector loads and 16 multiply-adds, each output written
+  once. (Grouped 3x3, C_g = O_g = 16, 16x16, float32, 1 thread: forward 5.7 -> 4.6 ms, grad_input
+  6.2 -> 4.6.) grad_input takes it too when C_g is a multiple of 8, its rows being input channels.
+  Such groups run direct up to 64 channels (runs_direct), dense convolutions included.
 * grad_input is the same gather run backwards in space: grad_output is
   copied with zero margins (A, B) = ((k_h-1)·dil_h // stride_h,
   (k_w-1)·dil_w // stride_w) (at stride 1 less the padding, at least 0:
@@ -112,7 +113,7 @@ from kernels.conv2d import _serial_if_small, bias_gradient  # small work: one th
 FASTMATH = {"reassoc", "contract", "nsz"}
 # tinyconv.functional.conv2d runs a convolution here (dense ones, groups = 1, too) with C_in/groups <=
 # DIRECT_MAX_CHANNELS; or, at stride 1 on outputs of DIRECT_MIN_PIXELS_WIDE pixels or more, <=
-# DIRECT_MAX_CHANNELS_WIDE when its output channels a group go 16 at a time through _gather_rows16. The
+# DIRECT_MAX_CHANNELS_WIDE when its output channels a group go 8 at a time through _gather_rows8. The
 # crossover against conv2d's GEMM routes depends on which kernels OpenBLAS runs (benchmarks/README.md).
 # Measured on an AVX-512 AMD EPYC, fwd+bwd, direct / GEMM route time, with OpenBLAS's
 # AVX-512 (SkylakeX) kernels | AVX2 (Haswell) kernels:
@@ -138,17 +139,17 @@ def runs_direct(channels_per_group, out_channels_per_group, kernel_size, stride,
         return channels_per_group <= DIRECT_MAX_CHANNELS_1X1
     if channels_per_group <= DIRECT_MAX_CHANNELS:
         return True
-    wide = out_channels_per_group % ROWS16 == 0
+    wide = out_channels_per_group % ROWS == 0
     return (wide and channels_per_group <= DIRECT_MAX_CHANNELS_WIDE and tuple(stride) == (1, 1)
             and out_size[0] * out_size[1] >= DIRECT_MIN_PIXELS_WIDE)
 
 
 ITEM_ELEMENTS = 1024  # a work item stacks samples until its flat planes are about this long (see _Layout)
-ROWS16 = 16  # _gather_rows16 holds 16 rows (channels) x one vector of pixels of sums in registers,
-VECTOR_BYTES = 64  # a vector of 64 bytes (AVX-512): 16 float32 or 8 float64 pixels. Also the best on AVX2
-# code (NUMBA_CPU_NAME=haswell, grouped C_g = O_g = 16, 1 thread): 64 bytes as two registers a row 1.2x faster
-# than _gather_taps, 32 bytes 1.4x slower than that
-LANES = 16  # so it rounds a run up to 16 pixels at most: the room buffers leave for it
+ROWS = 8  # _gather_rows8 holds 8 rows (channels) x two vectors of pixels of sums in registers,
+VECTOR_BYTES = 64  # vectors of 64 bytes (AVX-512): 16 float32 or 8 float64 pixels. Also the best on AVX2
+# code (NUMBA_CPU_NAME=haswell, grouped C_g = O_g = 16, 1 thread): 64 bytes as two registers 1.2x faster than
+# _gather_taps, 32 bytes 1.4x slower than that (measured with 16 rows x one vector)
+LANES = 32  # so it rounds a run up by less than 32 pixels: the room buffers leave for it
 
 
 def grouped_conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
@@ -161,7 +162,7 @@ def grouped_conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     bias = np.zeros(c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((n, c_out, layout.out_h, layout.out_w), x.dtype)
     with _serial_if_small(y.size * weight[0].size):
-        _forward_items(x, offsets, tap_weights, _by_sixteen(tap_weights, groups), bias, y, groups, *layout.scalars(),
+        _forward_items(x, offsets, tap_weights, _by_rows(tap_weights, groups), bias, y, groups, *layout.scalars(),
                        _blocks(layout.items(groups)))
     return y
 
@@ -181,8 +182,9 @@ def grouped_conv2d_backward(grad_output, x, weight, stride, padding, dilation, g
     partial = np.zeros((blocks, c_out, offsets.size) if need_weight else (0, 0, 0), x.dtype)  # (B, C_out, T)
     if need_input or need_weight:
         with _serial_if_small(grad_output.size * weight[0].size * (need_input + need_weight)):
-            _backward_items(grad_output, x, offsets, input_offsets, input_weights, _by_sixteen(input_weights, groups),
-                            input_spans, grad_input, partial, need_input, need_weight, groups, *layout.scalars(), blocks)
+            _backward_items(grad_output, x, offsets, input_offsets, input_weights, _by_rows(input_weights, groups),
+                            input_spans, grad_input, partial, need_input, need_weight, groups, *layout.scalars(),
+                            blocks)
     grad_weight = None
     if need_weight:
         total = partial[0]
@@ -242,7 +244,7 @@ class _Layout:
             self.pitch = max(phase_w, self.margin_w + self.out_w)
         self.plane = self.rows * self.pitch
         self.slack = (self.H_p + 2) * self.pitch + LANES  # more than the last plane's reads overrun,
-        # also when _gather_rows16 rounds a run up to a whole vector
+        # also when _gather_rows8 rounds a run up to a whole vector
         self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane)))
 
     def items(self, groups):
@@ -329,14 +331,14 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
-def _by_sixteen(tap_weights, groups):
-    """tap_weights (R, ..., T) as (R/16, ..., T, 16): R rows (output channels for the forward, input channels
-    for grad_input) 16 at a time for _gather_rows16, the row last. Empty (0, ..., T, 16) when a group's
-    rows are not a multiple of 16: then they go through _gather_taps."""
+def _by_rows(tap_weights, groups):
+    """tap_weights (R, ..., T) as (R/ROWS, ..., T, ROWS): R rows (output channels for the forward, input
+    channels for grad_input) ROWS at a time for _gather_rows8, the row last. Empty (0, ..., T, ROWS) when a
+    group's rows are not a multiple of ROWS: then they go through _gather_taps."""
     rows = tap_weights.shape[0]
-    if (rows // groups) % ROWS16:
-        return np.zeros((0,) + tap_weights.shape[1:] + (ROWS16,), tap_weights.dtype)
-    blocks = tap_weights.reshape((rows // ROWS16, ROWS16) + tap_weights.shape[1:])
+    if (rows // groups) % ROWS:
+        return np.zeros((0,) + tap_weights.shape[1:] + (ROWS,), tap_weights.dtype)
+    blocks = tap_weights.reshape((rows // ROWS, ROWS) + tap_weights.shape[1:])
     return np.ascontiguousarray(np.moveaxis(blocks, 1, -1))
 
 
@@ -391,43 +393,35 @@ def _vector_lanes_jit(array):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _gather_rows16(dst, first, src, offsets, weights, n, start):
-    """dst[r, first + k] = start[r] + Σ_t weights[t, r] · src[offsets[t] + k]  for r < 16 and k < n rounded up
-    to a whole vector of pixels (dst and src must have room for the rounding: LANES).
+def _gather_rows8(dst, first, src, offsets, weights, n, start):
+    """dst[r, first + k] = start[r] + Σ_t weights[t, r] · src[offsets[t] + k]  for r < 8 and k < n rounded up
+    to a whole number of two vectors of pixels (dst and src must have room for the rounding: LANES).
 
-    _gather_taps's sum for 16 rows at once, blocked the other way round: 16 rows × one vector of pixels
-    (`lanes` of them) of sums stay in registers over ALL the taps. A tap costs one vector load of src
-    and 16 multiply-adds with its 16 row weights broadcast, and dst is written once (_gather_taps reads
-    and writes dst once every 4 taps). The sums are 16 named stack arrays, each one vector register; as
-    one 2-D array indexed by a row loop they stayed in memory (measured 40x slower). The sums run in tap
-    order, as _gather_taps's (the two give the same bits)."""
-    dt, lanes = src.dtype, _vector_lanes(src)  # one vector: 16 float32 or 8 float64 pixels
-    a0, a1, a2, a3 = _stack_array(16, dt), _stack_array(16, dt), _stack_array(16, dt), _stack_array(16, dt)
-    a4, a5, a6, a7 = _stack_array(16, dt), _stack_array(16, dt), _stack_array(16, dt), _stack_array(16, dt)
-    a8, a9, a10, a11 = _stack_array(16, dt), _stack_array(16, dt), _stack_array(16, dt), _stack_array(16, dt)
-    a12, a13, a14, a15 = _stack_array(16, dt), _stack_array(16, dt), _stack_array(16, dt), _stack_array(16, dt)
+    _gather_taps's sum for 8 rows at once, blocked the other way round: 8 rows × two vectors of pixels
+    (`lanes` of them) of sums stay in registers over ALL the taps. A tap costs two vector loads of src
+    and 16 multiply-adds with its 8 row weights broadcast, and dst is written once (_gather_taps reads
+    and writes dst once every 4 taps). The sums are 8 named stack arrays, each two vector registers; as
+    one 2-D array indexed by a row loop they stayed in memory (measured 40x slower). 16 rows × one
+    vector (one load of src, 16 broadcasts) ran 11% slower, 4 rows × four vectors about the same. The
+    sums run in tap order, as _gather_taps's (the two give the same bits)."""
+    dt, lanes = src.dtype, 2 * _vector_lanes(src)  # two vectors: 32 float32 or 16 float64 pixels
+    a0, a1, a2, a3 = _stack_array(32, dt), _stack_array(32, dt), _stack_array(32, dt), _stack_array(32, dt)
+    a4, a5, a6, a7 = _stack_array(32, dt), _stack_array(32, dt), _stack_array(32, dt), _stack_array(32, dt)
     for k0 in range(0, n, lanes):
         for l in range(lanes):
             a0[l], a1[l], a2[l], a3[l] = start[0], start[1], start[2], start[3]
             a4[l], a5[l], a6[l], a7[l] = start[4], start[5], start[6], start[7]
-            a8[l], a9[l], a10[l], a11[l] = start[8], start[9], start[10], start[11]
-            a12[l], a13[l], a14[l], a15[l] = start[12], start[13], start[14], start[15]
         for t in range(offsets.size):
             x, w = src[offsets[t] + k0:offsets[t] + k0 + lanes], weights[t]
             w0, w1, w2, w3, w4, w5, w6, w7 = w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]
-            w8, w9, w10, w11, w12, w13, w14, w15 = w[8], w[9], w[10], w[11], w[12], w[13], w[14], w[15]
             for l in range(lanes):
                 v = x[l]
-                a0[l] += w0 * v; a1[l] += w1 * v; a2[l] += w2 * v; a3[l] += w3 * v      # noqa: E702
-                a4[l] += w4 * v; a5[l] += w5 * v; a6[l] += w6 * v; a7[l] += w7 * v      # noqa: E702
-                a8[l] += w8 * v; a9[l] += w9 * v; a10[l] += w10 * v; a11[l] += w11 * v  # noqa: E702
-                a12[l] += w12 * v; a13[l] += w13 * v; a14[l] += w14 * v; a15[l] += w15 * v  # noqa: E702
+                a0[l] += w0 * v; a1[l] += w1 * v; a2[l] += w2 * v; a3[l] += w3 * v  # noqa: E702
+                a4[l] += w4 * v; a5[l] += w5 * v; a6[l] += w6 * v; a7[l] += w7 * v  # noqa: E702
         d = dst[:, first + k0:first + k0 + lanes]
         for l in range(lanes):
             d[0, l], d[1, l], d[2, l], d[3, l] = a0[l], a1[l], a2[l], a3[l]
             d[4, l], d[5, l], d[6, l], d[7, l] = a4[l], a5[l], a6[l], a7[l]
-            d[8, l], d[9, l], d[10, l], d[11, l] = a8[l], a9[l], a10[l], a11[l]
-            d[12, l], d[13, l], d[14, l], d[15, l] = a12[l], a13[l], a14[l], a15[l]
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -595,22 +589,22 @@ def _block(b, blocks, items):
 
 
 @njit(cache=True, parallel=True)
-def _forward_items(x, offsets, tap_weights, weights16, bias, y, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p,
+def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p,
                    rows, pitch, margin_h, margin_w, samples, slack, blocks):
     # N batch, C_g input / O_g output channels per group, S = stride_h·stride_w phases; an item is (block of
     # `samples` samples from n0, group g); plane = rows·pitch; xp (C_g, S, samples, plane) its input in
-    # phases; out (16 or 2, samples·plane + LANES) output channels of its samples, flat: 16 at a time through
-    # _gather_rows16 when O_g is a multiple of 16 (weights16 not empty), else in pairs (o, o + 1) through
+    # phases; out (8 or 2, samples·plane + LANES) output channels of its samples, flat: 8 at a time through
+    # _gather_rows8 when O_g is a multiple of 8 (row_weights not empty), else in pairs (o, o + 1) through
     # _gather_taps, an odd last one alone
     N, C_in = x.shape[:2]
     C_out, out_h, out_w = y.shape[1:]
     c_g, o_g = C_in // groups, C_out // groups
     plane, phases = rows * pitch, stride_h * stride_w
     n_out = (out_h - 1) * pitch + out_w  # one sample's output span
-    wide = weights16.shape[0] > 0
+    wide = row_weights.shape[0] > 0
     for b in prange(blocks):
         xp = np.zeros(c_g * phases * samples * plane + slack, x.dtype)  # padding never written: stays zero
-        out = np.empty((ROWS16 if wide else 2, samples * plane + LANES), x.dtype)
+        out = np.empty((ROWS if wide else 2, samples * plane + LANES), x.dtype)
         lo, hi = _block(b, blocks, _ceil_div_int(N, samples) * groups)
         for item in range(lo, hi):
             n0, g = item // groups * samples, item % groups
@@ -620,11 +614,11 @@ def _forward_items(x, offsets, tap_weights, weights16, bias, y, groups, pad_h, p
                 for c in range(c_g):
                     _copy_plane(x[n0 + s, g * c_g + c], xp, (c * phases * samples + s) * plane, pad_h, pad_w,
                                 stride_h, stride_w, H_p, W_p, samples * plane, pitch, True)
-            step = ROWS16 if wide else 2
+            step = ROWS if wide else 2
             for o in range(g * o_g, (g + 1) * o_g, step):
-                done = min(step, (g + 1) * o_g - o)  # output channels this pass: 16, 2 or the odd last one
+                done = min(step, (g + 1) * o_g - o)  # output channels this pass: 8, 2 or the odd last one
                 if wide:
-                    _gather_rows16(out, 0, xp, offsets, weights16[o // ROWS16], n, bias[o:o + ROWS16])
+                    _gather_rows8(out, 0, xp, offsets, row_weights[o // ROWS], n, bias[o:o + ROWS])
                 else:
                     o1 = o + done - 1
                     _gather_taps(out[0], out[1], done == 2, xp, offsets, tap_weights[o], tap_weights[o1], n, False,
@@ -635,13 +629,13 @@ def _forward_items(x, offsets, tap_weights, weights16, bias, y, groups, pad_h, p
 
 
 @njit(cache=True, parallel=True)
-def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input_weights16, input_spans, grad_input,
+def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input_row_weights, input_spans, grad_input,
                     partial, need_input, need_weight, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p, rows, pitch,
                     margin_h, margin_w, samples, slack, blocks):
     # Items, planes, S and xp as in the forward. gp (O_g, samples, plane) + slack: the item's grad_output
-    # planes, each with zero margins (margin_h rows above, margin_w columns left); grad_xp (16 or 2, S, samples,
-    # plane) + LANES: input channels' grads in phases, 16 at a time through _gather_rows16 when C_g is 16
-    # (input_weights16 not empty), else in pairs through _gather_taps, an odd last one alone. partial
+    # planes, each with zero margins (margin_h rows above, margin_w columns left); grad_xp (8 or 2, S, samples,
+    # plane) + LANES: input channels' grads in phases, 8 at a time through _gather_rows8 when C_g is 8k
+    # (input_row_weights not empty), else in pairs through _gather_taps, an odd last one alone. partial
     # (B, C_out, T) written at [b] by block b only: output channels 4 at a time through _dot_taps4 when O_g is
     # a multiple of 4, else in pairs through _dot_taps, an odd last one alone
     N, C_in = x.shape[:2]
@@ -650,12 +644,12 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
     plane, phases = rows * pitch, stride_h * stride_w
     n_out = (out_h - 1) * pitch + out_w
     g_first = margin_h * pitch + margin_w  # where g[0, 0] sits in its plane: from there it is an output plane
-    zeros = np.zeros(ROWS16, x.dtype)  # the start of each grad_input gather, typed as x (a float64 0.0 would
-    wide_input = input_weights16.shape[0] > 0  # promote float32)
+    zeros = np.zeros(ROWS, x.dtype)  # the start of each grad_input gather, typed as x (a float64 0.0 would
+    wide_input = input_row_weights.shape[0] > 0  # promote float32)
     for b in prange(blocks):
         gp = np.zeros(o_g * samples * plane + slack, x.dtype)  # + what the last gather overreads
         xp = np.zeros(c_g * phases * samples * plane + slack if need_weight else 0, x.dtype)
-        grad_xp = np.empty((ROWS16 if wide_input else 2, phases * samples * plane + LANES if need_input else 0),
+        grad_xp = np.empty((ROWS if wide_input else 2, phases * samples * plane + LANES if need_input else 0),
                            x.dtype)
         lo, hi = _block(b, blocks, _ceil_div_int(N, samples) * groups)
         for item in range(lo, hi):
@@ -668,14 +662,14 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
             # grad_input and grad_weight in two separate loops, not one loop with both branches
             # inside: with run-time flags in one loop body LLVM stopped vectorising (measured 4x slower)
             if need_input:
-                step = ROWS16 if wide_input else 2
+                step = ROWS if wide_input else 2
                 for c in range(g * c_g, (g + 1) * c_g, step):
-                    done = min(step, (g + 1) * c_g - c)  # input channels this pass: 16, 2 or the odd last one
+                    done = min(step, (g + 1) * c_g - c)  # input channels this pass: 8, 2 or the odd last one
                     for phase in range(phases):
                         first = phase * samples * plane + input_spans[phase, 0]
                         n = (count - 1) * plane + input_spans[phase, 1]
                         if wide_input:
-                            _gather_rows16(grad_xp, first, gp, input_offsets[phase], input_weights16[c // ROWS16, phase],
+                            _gather_rows8(grad_xp, first, gp, input_offsets[phase], input_row_weights[c // ROWS, phase],
                                            n, zeros)
                         else:
                             _gather_taps(grad_xp[0, first:], grad_xp[1, first:], done == 2, gp, input_offsets[phase],
@@ -700,7 +694,8 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
                                    samples * plane, xp, offsets, n)
                     else:
                         _dot_taps(partial[b, g * o_g + o], partial[b, g * o_g + o1], done == 2,
-                                  gp[o * samples * plane + g_first:], gp[o1 * samples * plane + g_first:], xp, offsets, n)
+                                  gp[o * samples * plane + g_first:], gp[o1 * samples * plane + g_first:], xp,
+                                  offsets, n)
 
 
 @njit(cache=True)

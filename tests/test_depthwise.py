@@ -66,11 +66,11 @@ def test_grouped_matches_reference(config, dtype, with_bias, seed):
 
 
 @settings(max_examples=25, deadline=None)
-@given(grouped_configs(max_size=6, channels=st.sampled_from([1, 3, 16]), outputs=st.sampled_from([4, 8, 16, 32])),
+@given(grouped_configs(max_size=6, channels=st.sampled_from([1, 3, 8, 16]), outputs=st.sampled_from([4, 8, 12, 16])),
        st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31))
 def test_wide_groups_match_reference(config, dtype, seed):
-    """Groups of many channels take the register-blocked loops: 16 output channels at a time through
-    _gather_rows16 (O_g a multiple of 16; grad_input too when C_g = 16), grad_weight 4 output channels at a
+    """Groups of many channels take the register-blocked loops: 8 output channels at a time through
+    _gather_rows8 (O_g a multiple of 8; grad_input too when C_g is), grad_weight 4 output channels at a
     time through _dot_taps4 (O_g a multiple of 4), any tap count (T % 4 taps one per pass)."""
     shape, groups, o_group, k, s, p, d = config
     rng = np.random.default_rng(seed)
@@ -78,12 +78,12 @@ def test_wide_groups_match_reference(config, dtype, seed):
     check_against_reference(x, w, b, s, p, d, groups, dtype, rng)
 
 
-def test_by_sixteen_puts_sixteen_rows_last():
-    tap_weights = np.arange(2 * 32 * 3, dtype=np.float64).reshape(64, 3)  # 2 groups of 32 rows, 3 taps
-    blocks = depthwise._by_sixteen(tap_weights, 2)
-    assert blocks.shape == (4, 3, 16)
-    np.testing.assert_array_equal(blocks[2, :, 5], tap_weights[2 * 16 + 5])
-    assert depthwise._by_sixteen(tap_weights, 8).shape == (0, 3, 16)  # 8 rows a group: not a multiple of 16
+def test_by_rows_puts_the_rows_of_a_block_last():
+    tap_weights = np.arange(2 * 16 * 3, dtype=np.float64).reshape(32, 3)  # 2 groups of 16 rows, 3 taps
+    blocks = depthwise._by_rows(tap_weights, 2)
+    assert depthwise.ROWS == 8 and blocks.shape == (4, 3, 8)
+    np.testing.assert_array_equal(blocks[2, :, 5], tap_weights[2 * 8 + 5])
+    assert depthwise._by_rows(tap_weights, 8).shape == (0, 3, 8)  # 4 rows a group: not a multiple of 8
 
 
 @pytest.mark.parametrize("shape, groups, o_group, k, s, p, d", [
@@ -206,19 +206,20 @@ def test_gradcheck_full(shape, groups, o_group, k, s, p, d):
 
 @pytest.mark.parametrize("groups, c_group, o_group, k, size, stride, direct", [
     (2, 1, 2, 3, 4, 1, True), (2, depthwise.DIRECT_MAX_CHANNELS, 2, 3, 4, 2, True),
-    (2, depthwise.DIRECT_MAX_CHANNELS + 1, 2, 3, 16, 1, False),     # 17 a group: only wide groups
-    (2, depthwise.DIRECT_MAX_CHANNELS_WIDE, 16, 3, 16, 1, True),     # wide: 16 output channels a group
+    (2, depthwise.DIRECT_MAX_CHANNELS + 1, 4, 3, 16, 1, False),     # 17 a group: only wide groups
+    (2, depthwise.DIRECT_MAX_CHANNELS_WIDE, 8, 3, 16, 1, True),      # wide: 8 output channels a group
     (1, depthwise.DIRECT_MAX_CHANNELS_WIDE, 32, 3, 16, 1, True),     # a dense conv too
     (1, depthwise.DIRECT_MAX_CHANNELS_WIDE + 1, 32, 3, 16, 1, False),
     (1, 32, 32, 3, 15, 1, False),                                    # 15x15 output: too small
     (1, 32, 32, 3, 32, 2, False),                                    # stride 2
     (1, 1, 16, 7, 8, 1, True),                                       # a one-channel image, 7x7 kernel
-    (2, depthwise.DIRECT_MAX_CHANNELS_1X1, 2, 1, 4, 1, True), (2, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 2, 1, 4, 1, False),
+    (2, depthwise.DIRECT_MAX_CHANNELS_1X1, 2, 1, 4, 1, True),
+    (2, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 2, 1, 4, 1, False),
     (1, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 16, 1, 16, 1, False)])
 def test_conv2d_routes_to_the_direct_kernel_by_runs_direct(monkeypatch, groups, c_group, o_group, k, size, stride,
                                                           direct):
     """Few input channels a group go direct; up to 64 at stride 1 on 16x16 outputs or more when the
-    group's output channels fill _gather_rows16, dense convolutions (groups = 1) alike."""
+    group's output channels fill _gather_rows8, dense convolutions (groups = 1) alike."""
     seen = record_thread_counts(monkeypatch, depthwise, "_forward_items")
     rng = np.random.default_rng(6)
     x, w, _ = operands((1, groups * c_group, size, size), groups, o_group, (k, k), rng, np.float64)
