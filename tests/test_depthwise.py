@@ -213,13 +213,16 @@ def test_gradcheck_full(shape, groups, o_group, k, s, p, d):
     (1, 32, 32, 3, 15, 1, False),                                    # 15x15 output: too small
     (1, 32, 32, 3, 32, 2, False),                                    # stride 2
     (1, 1, 16, 7, 8, 1, True),                                       # a one-channel image, 7x7 kernel
+    (1, 2, 16, 3, 16, 1, False),                                     # dense with 18 taps: too few
+    (1, 3, 16, 3, 16, 1, True),                                      # dense with 27 taps
     (2, depthwise.DIRECT_MAX_CHANNELS_1X1, 2, 1, 4, 1, True),
     (2, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 2, 1, 4, 1, False),
     (1, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 16, 1, 16, 1, False)])
 def test_conv2d_routes_to_the_direct_kernel_by_runs_direct(monkeypatch, groups, c_group, o_group, k, size, stride,
                                                           direct):
     """Few input channels a group go direct; up to 64 at stride 1 on 16x16 outputs or more when the
-    group's output channels fill _gather_rows8, dense convolutions (groups = 1) alike."""
+    group's output channels fill _gather_rows8; dense convolutions (groups = 1) alike when they have
+    DIRECT_MIN_TAPS_DENSE taps (C_in·k_h·k_w) or more."""
     seen = record_thread_counts(monkeypatch, depthwise, "_forward_items")
     rng = np.random.default_rng(6)
     x, w, _ = operands((1, groups * c_group, size, size), groups, o_group, (k, k), rng, np.float64)

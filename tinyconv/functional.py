@@ -363,9 +363,9 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     padding: an int, a pair, 'valid' (no padding) or 'same' (output as large as the
     input; stride 1 only, an odd total padding puts the extra row/column on the
     bottom/right, as PyTorch). On the CPU, convolutions with few input channels
-    per group (depthwise included), and 3x3-like ones of up to 64 at stride 1,
-    run the direct kernel of kernels/depthwise.py (depthwise.runs_direct says
-    which); the rest run kernels/conv2d.py's GEMM routes.
+    per group (depthwise included), and 3x3-like ones of up to 64 at stride 1
+    (dense ones too), run the direct kernel of kernels/depthwise.py
+    (depthwise.runs_direct says which); the rest kernels/conv2d.py's GEMM routes.
     """
     x, weight, bias = _check_conv_operands("conv2d", input, weight, bias, groups, weight_in_axis=1)
     c_in, c_out = x.shape[1], weight.shape[0]
@@ -389,7 +389,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     device = _device("conv2d", input=x, weight=weight, bias=bias)
     x_data, w_data = _contiguous(x.data), _contiguous(weight.data)
     b_data = None if bias is None else bias.data
-    if device == "cpu" and depthwise.runs_direct(c_in // groups, c_out // groups, kernel_size, stride, out):
+    if device == "cpu" and depthwise.runs_direct(groups, c_in // groups, c_out // groups, kernel_size, stride, out):
         y = depthwise.grouped_conv2d_forward(x_data, w_data, b_data, stride, pad, dilation, groups)
 
         def kernel_backward(g, needs):
