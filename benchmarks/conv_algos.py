@@ -4,7 +4,7 @@ The kernels module functions are called directly on NumPy arrays (no
 Tensor, no tape), forward and forward+backward (grad-input and grad-weight):
 
   depthwise 3x3, N=64 C=128 16x16 (MACs = N C H W 9):
-    direct             kernels.depthwise: a sliding-window loop per (n, c) plane, no columns
+    direct             kernels.depthwise: the taps gathered from zero-padded planes, no columns
     grouped im2col     kernels.conv2d with groups=C: im2col, then C tiny (1 x 9)·(9 x HW) GEMMs per sample
     dense im2col       kernels.conv2d with groups=1 and a block-diagonal C x C weight: one big
                        GEMM that does C times the useful multiply-adds (the zeros)
@@ -12,6 +12,8 @@ Tensor, no tape), forward and forward+backward (grad-input and grad-weight):
     pointwise path     kernels.conv2d: x[n] already is the (C, HW) column matrix, GEMM only
     im2col + GEMM      kernels.im2col.im2col (a plain copy for 1x1) then the same GEMM
   dense 3x3, N=64 C=64->64 32x32:
+    direct             kernels.depthwise with groups=1: 8 output channels x 32 pixels of sums in
+                       registers over all 576 taps, no columns, no GEMM (what F.conv2d runs here)
     kernels.conv2d     per-block buffers, no whole-batch columns (stride 1: shifted-window GEMMs, no im2col)
     whole-batch im2col kernels.im2col.im2col of the whole batch, then one batched GEMM
   deformable 3x3, N=16 C=64 32x32:
@@ -79,14 +81,17 @@ def conv2d_algo(name, groups, weight="w"):
     return Algo(name, "kernels.conv2d", forward, backward)
 
 
-def depthwise_algo():
+def direct_algo(name, groups):
+    """kernels.depthwise's direct kernel (no im2col), stride 1, 'same' padding."""
     def forward(k, a):
-        return k.depthwise_conv2d_forward(a["x"], a["w"], None, ONES, ONES, ONES)
+        pad = a["w"].shape[2] // 2
+        return k.grouped_conv2d_forward(a["x"], a["w"], None, ONES, (pad, pad), ONES, groups)
 
     def backward(k, a, g):
-        return k.depthwise_conv2d_backward(g, a["x"], a["w"], ONES, ONES, ONES, needs=(True, True, False))
+        pad = a["w"].shape[2] // 2
+        return k.grouped_conv2d_backward(g, a["x"], a["w"], ONES, (pad, pad), ONES, groups, needs=(True, True, False))
 
-    return Algo("direct", "kernels.depthwise", forward, backward)
+    return Algo(name, "kernels.depthwise", forward, backward)
 
 
 def whole_batch_im2col_algo(name):
@@ -140,7 +145,7 @@ def layers(ctx):
     depthwise = Layer(f"depthwise 3x3 C={c_dw} {hw_dw}x{hw_dw} N={n}",
                       {"x": randn(n, c_dw, hw_dw, hw_dw), "w": w_dw, "w_dense": w_block_diag},
                       (n, c_dw, hw_dw, hw_dw), n * c_dw * hw_dw * hw_dw * 9,
-                      [depthwise_algo(), conv2d_algo("grouped im2col (G=C)", c_dw),
+                      [direct_algo("direct", c_dw), conv2d_algo("grouped im2col (G=C)", c_dw),
                        conv2d_algo("dense im2col (block-diag W)", 1, weight="w_dense")])
 
     c_pw, hw_pw = ctx.pick((128, 16), (8, 6))
@@ -153,7 +158,8 @@ def layers(ctx):
     dense = Layer(f"dense 3x3 {c3}->{c3} {hw3}x{hw3} N={n}",
                   {"x": randn(n, c3, hw3, hw3), "w": randn(c3, c3, 3, 3)},
                   (n, c3, hw3, hw3), n * c3 * c3 * hw3 * hw3 * 9,
-                  [conv2d_algo("kernels.conv2d (per block)", 1), whole_batch_im2col_algo("whole-batch im2col")])
+                  [direct_algo("direct (kernels.depthwise)", 1), conv2d_algo("kernels.conv2d (per block)", 1),
+                   whole_batch_im2col_algo("whole-batch im2col")])
 
     n_d, c_d, hw_d = ctx.pick((16, 64, 32), (2, 8, 8))
     deform = Layer(f"deformable 3x3 C={c_d} {hw_d}x{hw_d} N={n_d}",
