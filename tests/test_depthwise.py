@@ -144,12 +144,14 @@ def test_needs_returns_none_for_grads_not_requested():
                 assert got is None
 
 
-def test_result_does_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("shape, groups, o_group, k, args", [
+    ((3, 6, 11, 7), 2, 3, (3, 2), ((2, 1), (1, 1), (1, 2), 2)),
+    ((9, 16, 16, 16), 1, 16, (3, 3), ((1, 1), (1, 1), (1, 1), 1))])  # dense, wide; 3 items of 4 samples
+def test_result_does_not_depend_on_the_thread_count(shape, groups, o_group, k, args):
     """The items are split into a fixed number of blocks (grad_weight partials added in block order):
     1 or all threads must give identical bits."""
     rng = np.random.default_rng(1)
-    x, w, b = operands((3, 6, 11, 7), 2, 3, (3, 2), rng, np.float32)
-    args = ((2, 1), (1, 1), (1, 2), 2)
+    x, w, b = operands(shape, groups, o_group, k, rng, np.float32)
     g = rng.standard_normal(depthwise.grouped_conv2d_forward(x, w, b, *args).shape).astype(np.float32)
     results = []
     previous = numba.get_num_threads()
