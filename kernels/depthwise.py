@@ -72,12 +72,14 @@ How it is laid out:
   padding: for 3x3 depthwise, T = 9, that wasted a quarter of the work).
   An odd channel out goes through the same loop alone (depthwise without
   a multiplier: every channel).
-* Wide groups (_gather_rows8): when a group's output channels are a multiple of 8, they share
-  every tap's input, so 8 of them at a time keep 8 rows × two vectors of pixels of sums in
-  registers across all T taps: a tap is two vector loads and 16 multiply-adds, each output written
-  once. (Grouped 3x3, C_g = O_g = 16, 16x16, float32, 1 thread: forward 5.7 -> 4.6 ms, grad_input
-  6.2 -> 4.6.) grad_input takes it too when C_g is a multiple of 8, its rows being input channels.
-  Such groups run direct up to 64 channels (runs_direct), dense convolutions included.
+* Wide groups (_gather_rows8): when a group's output channels are a
+  multiple of 8, they share every tap's input, so 8 of them at a time keep
+  8 rows × two vectors of pixels of sums in registers across all T taps: a
+  tap is two vector loads and 16 multiply-adds, each output written once.
+  (Grouped 3x3, C_g = O_g = 16, 16x16, float32, 1 thread: forward 5.7 ->
+  4.6 ms, grad_input 6.2 -> 4.6.) grad_input takes it too when C_g is a
+  multiple of 8, its rows being input channels. Such groups run direct up
+  to 64 channels (runs_direct), dense convolutions included.
 * grad_input is the same gather run backwards in space: grad_output is
   copied with zero margins (A, B) = ((k_h-1)·dil_h // stride_h,
   (k_w-1)·dil_w // stride_w) (at stride 1 less the padding, at least 0:
@@ -87,9 +89,10 @@ How it is laid out:
 * grad_weight[o, t] = Σ_k g_flat[k] · x_flat[offset[t] + k], dot products
   (_dot_taps, 2 channels × 4 taps per pass, the last T % 4 taps one per
   pass; _dot_taps4, 4 channels × 4 taps, when O_g is a multiple of 4:
-  5.5 -> 4.2 ms on the layer above) summed into a per-block partial; the partials are added in block
-  order after the loop, so no two threads write one element and the answer
-  is the same bit for bit at any thread count.
+  5.5 -> 4.2 ms on the layer above) summed into a per-block partial; the
+  partials are added in block order after the loop, so no two threads
+  write one element and the answer is the same bit for bit at any thread
+  count.
 * below conv2d's _SERIAL_MULTIPLY_ADDS multiply-adds a call runs on one
   thread (waking the others costs milliseconds on a busy machine).
 
@@ -651,8 +654,8 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
     plane, phases = rows * pitch, stride_h * stride_w
     n_out = (out_h - 1) * pitch + out_w
     g_first = margin_h * pitch + margin_w  # where g[0, 0] sits in its plane: from there it is an output plane
-    zeros = np.zeros(ROWS, x.dtype)  # the start of each grad_input gather, typed as x (a float64 0.0 would
-    wide_input = input_row_weights.shape[0] > 0  # promote float32)
+    zeros = np.zeros(ROWS, x.dtype)  # each grad_input gather starts from 0 typed as x (a float64 0.0 promotes)
+    wide_input = input_row_weights.shape[0] > 0
     for b in prange(blocks):
         gp = np.zeros(o_g * samples * plane + slack, x.dtype)  # + what the last gather overreads
         xp = np.zeros(c_g * phases * samples * plane + slack if need_weight else 0, x.dtype)
