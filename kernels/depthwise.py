@@ -369,11 +369,25 @@ def _four_runs(src, offsets, t, n):
             src[offsets[t + 2]:offsets[t + 2] + n], src[offsets[t + 3]:offsets[t + 3] + n])
 
 
+def _stack_array(size, dtype):
+    """An uninitialised 1-D array of `size` (an integer literal) elements: np.empty in plain Python
+    (NUMBA_DISABLE_JIT=1), on the stack in jitted code (_alloca below). LLVM keeps a stack array in a
+    vector register when every index into it is a constant or the vectorised loop's; an np.empty array
+    lives on the heap, out of LLVM's sight, and every update goes through memory."""
+    return np.empty(size, dtype)
+
+
+@overload(_stack_array, prefer_literal=True)
+def _stack_array_jit(size, dtype):
+    if not isinstance(size, types.IntegerLiteral):
+        return None
+    length = size.literal_value
+    return lambda size, dtype: _alloca(length, dtype)
+
+
 @intrinsic
-def _stack_array(typingctx, size, dtype):
-    """An uninitialised 1-D array of `size` (an integer literal) elements on the stack. LLVM keeps such an
-    array in a vector register when every index into it is a constant or the vectorised loop's; an
-    np.empty array lives on the heap, out of LLVM's sight, and every update goes through memory."""
+def _alloca(typingctx, size, dtype):
+    """The stack array of _stack_array: LLVM's alloca of `size` (a literal) elements, as a Numba array."""
     if not isinstance(size, types.IntegerLiteral):
         return None
     length, element_type = size.literal_value, dtype.dtype

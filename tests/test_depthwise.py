@@ -1,6 +1,9 @@
 """The direct grouped kernel (kernels/depthwise.py: few channels per group, depthwise = one channel per group)
 against kernels/reference.py (conv2d with groups, and the naive depthwise loop), gradients through
 tinyconv.functional.conv2d, which routes convolutions with few channels a group there (runs_direct)."""
+import os
+import subprocess
+import sys
 from unittest import mock
 
 import numba
@@ -8,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, assume, strategies as st
 
-from conftest import record_thread_counts
+from conftest import ROOT, record_thread_counts
 
 import tinyconv
 import tinyconv.functional as F
@@ -164,6 +167,32 @@ def test_result_does_not_depend_on_the_thread_count(shape, groups, o_group, k, a
         numba.set_num_threads(previous)
     for got, want in zip(results[-1], results[0]):
         np.testing.assert_array_equal(got, want)
+
+
+PLAIN_PYTHON_CHECK = """
+import numpy as np
+from kernels import depthwise, reference
+rng = np.random.default_rng(0)
+for groups, c_in, c_out in [(1, 8, 8), (2, 4, 2)]:  # wide loops (_gather_rows8, _dot_taps4); narrow ones
+    x, w = rng.standard_normal((2, c_in, 4, 5)), rng.standard_normal((c_out, c_in // groups, 3, 3))
+    args = ((1, 1), (1, 1), (1, 1), groups)
+    y = depthwise.grouped_conv2d_forward(x, w, None, *args)
+    g = rng.standard_normal(y.shape)
+    got = (y,) + depthwise.grouped_conv2d_backward(g, x, w, *args)
+    want = (reference.conv2d_forward(x, w, None, *args),) + reference.conv2d_backward(g, x, w, *args)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+print("ok")
+"""
+
+
+def test_the_kernel_runs_as_plain_python():
+    """With NUMBA_DISABLE_JIT=1 (to step through the loops in a debugger) every function is plain Python:
+    _stack_array is np.empty there, and the answers are the reference's."""
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    proc = subprocess.run([sys.executable, "-c", PLAIN_PYTHON_CHECK], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_non_contiguous_inputs():
