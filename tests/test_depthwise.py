@@ -133,6 +133,16 @@ def test_items_of_several_samples_match_reference(monkeypatch, item_elements):
         check_against_reference(x, w, b, s, p, d, groups, np.float64, rng)
 
 
+@pytest.mark.parametrize("o_group", [8, 3])  # _dot_taps4; _dot_taps in pairs and an odd one
+def test_grad_weight_over_several_chunks_matches_reference(o_group):
+    """A 70x70 plane (5,041 pixels with its border) is more than DOT_CHUNK: grad_weight's dot products run
+    chunk by chunk, every channel and tap over one chunk, then the next."""
+    rng = np.random.default_rng(11)
+    x, w, b = operands((1, 4, 70, 70), 2, o_group, (3, 3), rng, np.float64)
+    assert depthwise._Layout(x.shape, w.shape, (1, 1), (1, 1), (1, 1)).plane > depthwise.DOT_CHUNK
+    check_against_reference(x, w, b, (1, 1), (1, 1), (1, 1), 2, np.float64, rng)
+
+
 def test_needs_returns_none_for_grads_not_requested():
     rng = np.random.default_rng(0)
     x, w, _ = operands((2, 6, 6, 5), 2, 3, (3, 3), rng, np.float64)
