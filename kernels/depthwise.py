@@ -1,4 +1,4 @@
-"""Grouped convolution with few input channels per group, depthwise included: a direct kernel, no im2col.
+"""Direct convolution, no im2col: depthwise, grouped, and dense with up to 64 channels a group (runs_direct).
 
 Notation: x (N, C_in, H, W) input; G groups; C_g = C_in/G input and O_g =
 C_out/G output channels per group; weight (C_out, C_g, k_h, k_w); y (N,
@@ -89,10 +89,11 @@ How it is laid out:
 * grad_weight[o, t] = Σ_k g_flat[k] · x_flat[offset[t] + k], dot products
   (_dot_taps, 2 channels × 4 taps per pass, the last T % 4 taps one per
   pass; _dot_taps4, 4 channels × 4 taps, when O_g is a multiple of 4:
-  5.5 -> 4.2 ms on the layer above) summed into a per-block partial; the
-  partials are added in block order after the loop, so no two threads
-  write one element and the answer is the same bit for bit at any thread
-  count.
+  5.5 -> 4.2 ms on the layer above), over k in chunks of DOT_CHUNK
+  pixels (every channel and tap over one chunk, then the next: large
+  planes stay in L2), summed into a per-block partial; the partials are
+  added in block order after the loop, so no two threads write one element
+  and the answer is the same bit for bit at any thread count.
 * below conv2d's _SERIAL_MULTIPLY_ADDS multiply-adds a call runs on one
   thread (waking the others costs milliseconds on a busy machine).
 
