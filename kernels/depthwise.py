@@ -418,6 +418,8 @@ def _vector_lanes(array):
 @overload(_vector_lanes)
 def _vector_lanes_jit(array):
     lanes = VECTOR_BYTES // (array.dtype.bitwidth // 8)
+    if 2 * lanes > LANES:  # _gather_rows8's stack arrays hold LANES elements: float32 and float64 only
+        raise TypeError(f"the direct kernel runs float32 and float64 arrays, got {array.dtype}")
     return lambda array: lanes
 
 
@@ -434,8 +436,8 @@ def _gather_rows8(dst, first, src, offsets, weights, n, start):
     vector (one load of src, 16 broadcasts) ran 11% slower, 4 rows × four vectors about the same. The
     sums run in tap order, as _gather_taps's (the two give the same bits)."""
     dt, lanes = src.dtype, 2 * _vector_lanes(src)  # two vectors: 32 float32 or 16 float64 pixels
-    a0, a1, a2, a3 = _stack_array(32, dt), _stack_array(32, dt), _stack_array(32, dt), _stack_array(32, dt)
-    a4, a5, a6, a7 = _stack_array(32, dt), _stack_array(32, dt), _stack_array(32, dt), _stack_array(32, dt)
+    a0, a1, a2, a3 = _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt)
+    a4, a5, a6, a7 = _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt)
     for k0 in range(0, n, lanes):
         for l in range(lanes):
             a0[l], a1[l], a2[l], a3[l] = start[0], start[1], start[2], start[3]
