@@ -243,7 +243,7 @@ def crossover(ctx, cpu):
             rows.append([k, c_group, 128 // c_group, *(ms_median_min(v) for v in (t["direct fwd"], t["im2col fwd"],
                                                                                  direct, im2col)),
                          f"{np.median(direct) / np.median(im2col):.2f}", f"{direct.min() / im2col.min():.2f}",
-                         "direct" if depthwise.runs_direct(128 // c_group, c_group, c_group, (k, k), (1, 1), (16, 16)) else "im2col"])
+                         "direct" if depthwise.runs_direct(128 // c_group, c_group, c_group, (k, k), (1, 1), 32 * 16 * 16) else "im2col"])
     headers = ["k", "C_in/G", "G", "direct fwd", "im2col fwd", "direct f+b", "im2col f+b", "ratio f+b",
                "min ratio", "conv2d runs"]
     return (f"crossover: C_in = C_out = 128, 16x16, N=32; kernels called directly; ms median/min; "

@@ -116,34 +116,38 @@ from kernels.conv2d import _serial_if_small, bias_gradient  # small work: one th
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
 FASTMATH = {"reassoc", "contract", "nsz"}
 # tinyconv.functional.conv2d runs a convolution here with C_in/groups <= DIRECT_MAX_CHANNELS; or, at stride 1
-# on outputs of DIRECT_MIN_PIXELS_WIDE pixels or more, <= DIRECT_MAX_CHANNELS_WIDE when its output channels a
-# group go 8 at a time through _gather_rows8; a dense one (groups = 1) only with DIRECT_MIN_TAPS_DENSE taps
-# C_in·k_h·k_w or more (fewer, and its GEMM is long and thin while the direct kernel mostly copies: 1->32
-# 3x3 28x28 1.60x). The crossover against conv2d's GEMM routes depends on which kernels OpenBLAS runs
-# (benchmarks/README.md). Measured on an AVX-512 AMD EPYC, fwd+bwd, direct / GEMM route time, with
-# OpenBLAS's AVX-512 (SkylakeX) kernels | AVX2 (Haswell) kernels:
-#   grouped, C_in = C_out = 128, 16x16, 1 thread (python -m benchmarks.dev --crossover):
+# with DIRECT_MIN_PIXELS_WIDE output pixels a channel or more over the batch (N·out_h·out_w), <=
+# DIRECT_MAX_CHANNELS_WIDE when its output channels a group go 8 at a time through _gather_rows8; a dense one
+# (groups = 1) only with DIRECT_MIN_TAPS_DENSE taps C_in·k_h·k_w or more (fewer, and its GEMM is long and thin
+# while the direct kernel mostly copies: 1->32 3x3 28x28 1.60x). The crossover against conv2d's GEMM routes
+# depends on which kernels OpenBLAS runs (benchmarks/README.md). Measured on an AVX-512 AMD EPYC, fwd+bwd,
+# direct / GEMM route time, with OpenBLAS's AVX-512 (SkylakeX) kernels | AVX2 (Haswell) kernels:
+#   grouped, C_in = C_out = 128, 16x16, N = 32, 1 thread (python -m benchmarks.dev --crossover):
 #     3x3: 0.24 | 0.36 at 8 channels a group, 0.67 | 0.46 at 16, 0.92 | 0.51 at 32, 0.94 | 0.53 at 64
 #     1x1: 0.89 | 0.31 at 1, 1.23 | 0.51 at 2, 1.73 | 0.62 at 4
-#   grouped 3x3 at 7x7 and 8x8 (ResNeXt's last stage): 0.63 | 0.43 at 32, 1.57 | 0.71 at 64 (the size limit
-#     leaves all of these to the GEMM routes: one simple rule)
-#   dense 3x3, N = 32, 2 threads: 16->16 32x32 0.73 | 0.50; 32->32 16x16 0.95 | 0.55; 64->64 8x8
-#     1.17 | 0.76; 128->128 16x16 1.02 | 0.57; stride 2: 16->32 32x32 1.13 | 0.82, 32->64 16x16 1.33 | 0.98
+#   at 2 threads, by output pixels a channel over the batch (the work of one call):
+#     dense 64->64 8x8: N = 32 (2,048 pixels) 1.09 | 0.73, N = 64 1.05 | 0.69, N = 128 0.97 | 0.62
+#     dense 32->32 16x16: N = 8 (2,048) 1.10 | 0.63, N = 16 0.97 | 0.55; 64->64 16x16 N = 8 0.93 | 0.55
+#     grouped 3x3 N = 128: 7x7 C_g = 32 0.77 | 0.55, C_g = 64 0.96 | 0.62; 8x8 C_g = 64 0.95 | 0.61
+#     (at N = 32 these were 0.63 | 0.43 and 1.52-1.57 | 0.71-0.74)
+#     dense 16->16 32x32 N = 32 0.73 | 0.50; 128->128 16x16 N = 32 1.02 | 0.57
+#     stride 2: 16->32 32x32 N = 32 1.13 | 0.82, 32->64 16x16 N = 128 1.05 | 0.77
 #   dense, few input channels, 2 threads: 1->6 5x5 28x28 0.64 | 0.29; 6->16 5x5 14x14 0.52 | 0.40; 3->64
 #     7x7 s2 224x224 0.71 | 0.50; 3->64 3x3 32x32 0.94 | 0.70; 3->32 3x3 s2 224x224 1.07 | 0.72; 1->32 3x3
 #     28x28 1.60 | 0.77
 # The limits follow the AVX-512 figures (the default of such a CPU) but for 1x1 at 2 channels a group
-# (1.23x there, 2x faster under AVX2) and 16 channels at stride 2 (1.13x there, 1.2x faster under AVX2).
+# (1.23x there, 2x faster under AVX2), 16 channels at stride 2 (1.13x there, 1.2x faster under AVX2) and
+# 4,096 pixels (1.05x there, 1.45x faster under AVX2).
 DIRECT_MAX_CHANNELS = 16
 DIRECT_MAX_CHANNELS_WIDE = 64
-DIRECT_MIN_PIXELS_WIDE = 16 * 16
+DIRECT_MIN_PIXELS_WIDE = 4096
 DIRECT_MIN_TAPS_DENSE = 25
 DIRECT_MAX_CHANNELS_1X1 = 2
 
 
-def runs_direct(groups, channels_per_group, out_channels_per_group, kernel_size, stride, out_size):
-    """Whether conv2d sends a convolution with these groups, channels per group, kernel size, stride and
-    output size (out_h, out_w) here (the crossovers above)."""
+def runs_direct(groups, channels_per_group, out_channels_per_group, kernel_size, stride, out_pixels):
+    """Whether conv2d sends a convolution here: by its groups, channels per group, kernel size, stride and
+    output pixels a channel over the batch, N·out_h·out_w (the crossovers above)."""
     if groups == 1 and channels_per_group * kernel_size[0] * kernel_size[1] < DIRECT_MIN_TAPS_DENSE:
         return False
     if tuple(kernel_size) == (1, 1):
@@ -152,7 +156,7 @@ def runs_direct(groups, channels_per_group, out_channels_per_group, kernel_size,
         return True
     wide = out_channels_per_group % ROWS == 0
     return (wide and channels_per_group <= DIRECT_MAX_CHANNELS_WIDE and tuple(stride) == (1, 1)
-            and out_size[0] * out_size[1] >= DIRECT_MIN_PIXELS_WIDE)
+            and out_pixels >= DIRECT_MIN_PIXELS_WIDE)
 
 
 ITEM_ELEMENTS = 1024  # a work item stacks samples until its flat planes are about this long (see _Layout)

@@ -245,28 +245,32 @@ def test_gradcheck_full(shape, groups, o_group, k, s, p, d):
     assert tinyconv.gradcheck(grouped_conv(s, p, d, groups), [x, w, b])
 
 
-@pytest.mark.parametrize("groups, c_group, o_group, k, size, stride, direct", [
-    (2, 1, 2, 3, 4, 1, True), (2, depthwise.DIRECT_MAX_CHANNELS, 2, 3, 4, 2, True),
-    (2, depthwise.DIRECT_MAX_CHANNELS + 1, 4, 3, 16, 1, False),     # 17 a group: only wide groups
-    (2, depthwise.DIRECT_MAX_CHANNELS_WIDE, 8, 3, 16, 1, True),      # wide: 8 output channels a group
-    (1, depthwise.DIRECT_MAX_CHANNELS_WIDE, 32, 3, 16, 1, True),     # a dense conv too
-    (1, depthwise.DIRECT_MAX_CHANNELS_WIDE + 1, 32, 3, 16, 1, False),
-    (1, 32, 32, 3, 15, 1, False),                                    # 15x15 output: too small
-    (1, 32, 32, 3, 32, 2, False),                                    # stride 2
-    (1, 1, 16, 7, 8, 1, True),                                       # a one-channel image, 7x7 kernel
-    (1, 2, 16, 3, 16, 1, False),                                     # dense with 18 taps: too few
-    (1, 3, 16, 3, 16, 1, True),                                      # dense with 27 taps
-    (2, depthwise.DIRECT_MAX_CHANNELS_1X1, 2, 1, 4, 1, True),
-    (2, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 2, 1, 4, 1, False),
-    (1, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 16, 1, 16, 1, False)])
-def test_conv2d_routes_to_the_direct_kernel_by_runs_direct(monkeypatch, groups, c_group, o_group, k, size, stride,
+AT_16X16 = depthwise.DIRECT_MIN_PIXELS_WIDE // (16 * 16)  # the batch from which 16x16 outputs have enough pixels
+
+
+@pytest.mark.parametrize("n, groups, c_group, o_group, k, size, stride, direct", [
+    (1, 2, 1, 2, 3, 4, 1, True), (1, 2, depthwise.DIRECT_MAX_CHANNELS, 2, 3, 4, 2, True),
+    (AT_16X16, 2, depthwise.DIRECT_MAX_CHANNELS + 1, 4, 3, 16, 1, False),  # 17 a group: only wide groups
+    (AT_16X16, 2, depthwise.DIRECT_MAX_CHANNELS_WIDE, 8, 3, 16, 1, True),  # wide: 8 output channels a group
+    (AT_16X16, 1, depthwise.DIRECT_MAX_CHANNELS_WIDE, 32, 3, 16, 1, True),  # a dense conv too
+    (AT_16X16, 1, depthwise.DIRECT_MAX_CHANNELS_WIDE + 1, 32, 3, 16, 1, False),
+    (AT_16X16 - 1, 1, 32, 32, 3, 16, 1, False),                            # too few output pixels
+    (4 * AT_16X16, 1, 32, 32, 3, 8, 1, True),                              # 8x8, four times the batch
+    (AT_16X16, 1, 32, 32, 3, 32, 2, False),                                # stride 2 (16x16 outputs)
+    (1, 1, 1, 16, 7, 8, 1, True),                                          # a one-channel image, 7x7 kernel
+    (1, 1, 2, 16, 3, 16, 1, False),                                        # dense with 18 taps: too few
+    (1, 1, 3, 16, 3, 16, 1, True),                                         # dense with 27 taps
+    (1, 2, depthwise.DIRECT_MAX_CHANNELS_1X1, 2, 1, 4, 1, True),
+    (1, 2, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 2, 1, 4, 1, False),
+    (1, 1, depthwise.DIRECT_MAX_CHANNELS_1X1 + 1, 16, 1, 16, 1, False)])
+def test_conv2d_routes_to_the_direct_kernel_by_runs_direct(monkeypatch, n, groups, c_group, o_group, k, size, stride,
                                                           direct):
-    """Few input channels a group go direct; up to 64 at stride 1 on 16x16 outputs or more when the
-    group's output channels fill _gather_rows8; dense convolutions (groups = 1) alike when they have
-    DIRECT_MIN_TAPS_DENSE taps (C_in·k_h·k_w) or more."""
+    """Few input channels a group go direct; up to 64 at stride 1 with DIRECT_MIN_PIXELS_WIDE output pixels
+    a channel over the batch when the group's output channels fill _gather_rows8; dense convolutions
+    (groups = 1) alike when they have DIRECT_MIN_TAPS_DENSE taps (C_in·k_h·k_w) or more."""
     seen = record_thread_counts(monkeypatch, depthwise, "_forward_items")
     rng = np.random.default_rng(6)
-    x, w, _ = operands((1, groups * c_group, size, size), groups, o_group, (k, k), rng, np.float64)
+    x, w, _ = operands((n, groups * c_group, size, size), groups, o_group, (k, k), rng, np.float64)
     pad = k // 2
     y = F.conv2d(Tensor(x), Tensor(w), stride=stride, padding=pad, groups=groups)
     assert bool(seen) == direct

@@ -389,7 +389,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     device = _device("conv2d", input=x, weight=weight, bias=bias)
     x_data, w_data = _contiguous(x.data), _contiguous(weight.data)
     b_data = None if bias is None else bias.data
-    if device == "cpu" and depthwise.runs_direct(groups, c_in // groups, c_out // groups, kernel_size, stride, out):
+    if device == "cpu" and depthwise.runs_direct(groups, c_in // groups, c_out // groups, kernel_size, stride,
+                                                   x.shape[0] * out[0] * out[1]):
         y = depthwise.grouped_conv2d_forward(x_data, w_data, b_data, stride, pad, dilation, groups)
 
         def kernel_backward(g, needs):
