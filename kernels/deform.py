@@ -369,6 +369,36 @@ def _channels(g, og, c_g, chans_per_og):
     return max(g * c_g, og * chans_per_og), min((g + 1) * c_g, (og + 1) * chans_per_og)
 
 
+@njit(cache=True, inline="always")
+def _column_layout(c_in, cols, corner):
+    """(groups, L, C_g, K, OG) of one sample's columns cols (G, L, K·C_g) and corners (OG·K, L)."""
+    groups, L, k_c_g = cols.shape
+    c_g = c_in // groups
+    K = k_c_g // c_g
+    return groups, L, c_g, K, corner.shape[0] // K
+
+
+@njit(cache=True, inline="always")
+def _corner_runs(src, a, row_len, lo, hi):
+    """Channels lo..hi of the 4 corner pixels a, a + 1, a + row_len, a + row_len + 1 of src, as slices (so that
+    the loops over them index from 0: LLVM then vectorizes them)."""
+    return src[a, lo:hi], src[a + 1, lo:hi], src[a + row_len, lo:hi], src[a + row_len + 1, lo:hi]
+
+
+@njit(cache=True, inline="always")
+def _column_run(cols, g, l, t, c_g, lo, hi):
+    """The part of column row cols[g, l] that tap t of channels lo..hi fills: from column t·C_g + lo - g·C_g."""
+    first = t * c_g + lo - g * c_g
+    return cols[g, l, first:first + hi - lo]
+
+
+@njit(cache=True, inline="always")
+def _masked_weights(weights, mask, r, l):
+    """The 4 bilinear weights of sampling row r, pixel l, times its mask."""
+    m = mask[r, l]
+    return m * weights[r, 0, l], m * weights[r, 1, l], m * weights[r, 2, l], m * weights[r, 3, l]
+
+
 @njit(cache=True)
 def _gather_columns(padded, row_len, corner, weights, mask, cols):
     # one sample, the deformable im2col, channels last: for every sampling row r = og·K + t, pixel l and input
@@ -377,27 +407,19 @@ def _gather_columns(padded, row_len, corner, weights, mask, cols):
     # padded ((H+2)·(W+2), C_in); corner (OG·K, L); weights (OG·K, 4, L); mask (OG·K, L); cols (G, L, K·C_g).
     # The innermost loop runs along the channels: 4 pixel rows in, one column row out.
     c_in = padded.shape[1]
-    groups, L, k_c_g = cols.shape
-    c_g = c_in // groups
-    K = k_c_g // c_g
-    OG = corner.shape[0] // K
+    groups, L, c_g, K, OG = _column_layout(c_in, cols, corner)
     for og in range(OG):
         for t in range(K):
             r = og * K + t
             for l in range(L):
                 a = corner[r, l]
-                m = mask[r, l]
-                w00, w01 = m * weights[r, 0, l], m * weights[r, 1, l]
-                w10, w11 = m * weights[r, 2, l], m * weights[r, 3, l]
+                w00, w01, w10, w11 = _masked_weights(weights, mask, r, l)
                 for g in range(groups):  # the weight groups that share channels with offset group og
                     lo, hi = _channels(g, og, c_g, c_in // OG)
                     if lo >= hi:
                         continue
-                    # slices, so that the loop over k indexes from 0: LLVM then vectorizes it
-                    p00, p01 = padded[a, lo:hi], padded[a + 1, lo:hi]
-                    p10, p11 = padded[a + row_len, lo:hi], padded[a + row_len + 1, lo:hi]
-                    first = t * c_g + lo - g * c_g  # the column of channel lo
-                    col = cols[g, l, first:first + hi - lo]
+                    p00, p01, p10, p11 = _corner_runs(padded, a, row_len, lo, hi)
+                    col = _column_run(cols, g, l, t, c_g, lo, hi)
                     for k in range(hi - lo):
                         col[k] = w00 * p00[k] + w01 * p01[k] + w10 * p10[k] + w11 * p11[k]
 
@@ -409,26 +431,19 @@ def _scatter(grad_cols, corner, weights, mask, grad_padded, row_len):
     # grad_cols (G, L, K·C_g); corner (OG·K, L); weights (OG·K, 4, L); mask (OG·K, L);
     # grad_padded ((H+2)·(W+2), C_in)
     c_in = grad_padded.shape[1]
-    groups, L, k_c_g = grad_cols.shape
-    c_g = c_in // groups
-    K = k_c_g // c_g
-    OG = corner.shape[0] // K
+    groups, L, c_g, K, OG = _column_layout(c_in, grad_cols, corner)
     for og in range(OG):
         for t in range(K):
             r = og * K + t
             for l in range(L):
                 a = corner[r, l]
-                m = mask[r, l]
-                w00, w01 = m * weights[r, 0, l], m * weights[r, 1, l]
-                w10, w11 = m * weights[r, 2, l], m * weights[r, 3, l]
+                w00, w01, w10, w11 = _masked_weights(weights, mask, r, l)
                 for g in range(groups):
                     lo, hi = _channels(g, og, c_g, c_in // OG)
                     if lo >= hi:
                         continue
-                    q00, q01 = grad_padded[a, lo:hi], grad_padded[a + 1, lo:hi]
-                    q10, q11 = grad_padded[a + row_len, lo:hi], grad_padded[a + row_len + 1, lo:hi]
-                    first = t * c_g + lo - g * c_g
-                    grad = grad_cols[g, l, first:first + hi - lo]
+                    q00, q01, q10, q11 = _corner_runs(grad_padded, a, row_len, lo, hi)
+                    grad = _column_run(grad_cols, g, l, t, c_g, lo, hi)
                     for k in range(hi - lo):
                         q00[k] += w00 * grad[k]
                         q01[k] += w01 * grad[k]
@@ -447,10 +462,7 @@ def _grad_offset_mask(padded, row_len, corner, weights, mask, grad_cols, grad_of
     #   grad_mask[r]        = Σ_k w_k · S_k                                  Σ_c grad_cols · bilinear
     # layouts as _gather_columns; grad_offset (2·OG·K, L); grad_mask (OG·K, L)
     c_in = padded.shape[1]
-    groups, L, k_c_g = grad_cols.shape
-    c_g = c_in // groups
-    K = k_c_g // c_g
-    OG = corner.shape[0] // K
+    groups, L, c_g, K, OG = _column_layout(c_in, grad_cols, corner)
     for og in range(OG):
         for t in range(K):
             r = og * K + t
@@ -461,10 +473,8 @@ def _grad_offset_mask(padded, row_len, corner, weights, mask, grad_cols, grad_of
                     lo, hi = _channels(g, og, c_g, c_in // OG)
                     if lo >= hi:
                         continue
-                    p00, p01 = padded[a, lo:hi], padded[a + 1, lo:hi]
-                    p10, p11 = padded[a + row_len, lo:hi], padded[a + row_len + 1, lo:hi]
-                    first = t * c_g + lo - g * c_g
-                    grad = grad_cols[g, l, first:first + hi - lo]
+                    p00, p01, p10, p11 = _corner_runs(padded, a, row_len, lo, hi)
+                    grad = _column_run(grad_cols, g, l, t, c_g, lo, hi)
                     for k in range(hi - lo):
                         s00 += grad[k] * p00[k]
                         s01 += grad[k] * p01[k]
