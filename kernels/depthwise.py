@@ -110,7 +110,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from kernels.conv2d import _serial_if_small, bias_gradient  # small work: one thread (waking them costs ms)
+from kernels.conv2d import _block, _blocks, _serial_if_small, bias_gradient  # conv2d's blocks of work items; small
+# work on one thread (waking them costs ms); the grad_bias sum
 
 # Fast-math subset allowed by STYLE.md 13 (no -inf or NaN tricks in this op):
 # 'contract' gives FMAs, 'reassoc' lets LLVM vectorise the grad_weight sums.
@@ -346,6 +347,7 @@ def _phase_span(r, t, layout):
     return a_lo * L.pitch + b_lo, (a_hi - 1 - a_lo) * L.pitch + b_hi - b_lo
 
 
+@njit(cache=True)
 def _ceil_div(a, b):
     return -(-a // b)
 
@@ -359,13 +361,6 @@ def _by_rows(tap_weights, groups):
         return np.zeros((0,) + tap_weights.shape[1:] + (ROWS,), tap_weights.dtype)
     blocks = tap_weights.reshape((rows // ROWS, ROWS) + tap_weights.shape[1:])
     return np.ascontiguousarray(np.moveaxis(blocks, 1, -1))
-
-
-def _blocks(items):
-    """How many blocks the items are cut into: one per Numba thread the process started, fixed for its
-    lifetime, so results do not depend on set_num_threads. (Read here: Numba will not cache a kernel that
-    reads the thread count.)"""
-    return max(1, min(items, numba.config.NUMBA_NUM_THREADS))
 
 
 # ---------------------------------------------------------------------------
@@ -617,12 +612,6 @@ def _copy_run(dst, dst_first, dst_step, src, src_first, src_step, count):
 # ---------------------------------------------------------------------------
 # forward and backward: one prange over blocks of (sample, group) items
 # ---------------------------------------------------------------------------
-@njit(cache=True)
-def _block(b, blocks, items):
-    """Work items [lo, hi) of block b: contiguous, sizes differ by at most one."""
-    return b * items // blocks, (b + 1) * items // blocks
-
-
 @njit(cache=True, parallel=True)
 def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p,
                    rows, pitch, margin_h, margin_w, samples, slack, blocks):
@@ -640,7 +629,7 @@ def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h,
     for b in prange(blocks):
         xp = np.zeros(c_g * phases * samples * plane + slack, x.dtype)  # padding never written: stays zero
         out = np.empty((ROWS if wide else 2, samples * plane + LANES), x.dtype)
-        lo, hi = _block(b, blocks, _ceil_div_int(N, samples) * groups)
+        lo, hi = _block(b, blocks, _ceil_div(N, samples) * groups)
         for item in range(lo, hi):
             n0, g = item // groups * samples, item % groups
             count = min(samples, N - n0)
@@ -686,7 +675,7 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
         xp = np.zeros(c_g * phases * samples * plane + slack if need_weight else 0, x.dtype)
         grad_xp = np.empty((ROWS if wide_input else 2, phases * samples * plane + LANES if need_input else 0),
                            x.dtype)
-        lo, hi = _block(b, blocks, _ceil_div_int(N, samples) * groups)
+        lo, hi = _block(b, blocks, _ceil_div(N, samples) * groups)
         for item in range(lo, hi):
             n0, g = item // groups * samples, item % groups
             count = min(samples, N - n0)
@@ -734,7 +723,3 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
                                       gp[o * samples * plane + first:], gp[o1 * samples * plane + first:], xp[k0:],
                                       offsets, chunk)
 
-
-@njit(cache=True)
-def _ceil_div_int(a, b):
-    return -(-a // b)
