@@ -228,16 +228,21 @@ def test_stored_grads_never_alias_each_other_or_the_seed():
     assert not np.shares_memory(r.grad, upstream)
 
 
-def test_a_fresh_gradient_is_kept_without_a_copy():
-    # the one array a backward made for one leaf alone is stored as it is (saves a copy per leaf)
+def doubled(x):
+    """(y = 2·x recorded on the tape, made): made collects the fresh arrays y's backward returns."""
     made = []
 
     def backward(g):
         made.append(g * 2.0)
         return (made[-1],)
 
+    return Tensor._make(x.data * 2.0, (x,), backward, "double"), made
+
+
+def test_a_fresh_gradient_is_kept_without_a_copy():
+    # the one array a backward made for one leaf alone is stored as it is (saves a copy per leaf)
     x = Tensor(np.ones(4), requires_grad=True)
-    y = Tensor._make(x.data * 2.0, (x,), backward, "double")
+    y, made = doubled(x)
     y.backward(np.ones(4))
     assert x.grad is made[0]
 
@@ -292,14 +297,8 @@ def test_gradcheck_leaves_inputs_unchanged():
 
 def test_joins_add_in_place_only_into_arrays_the_tape_owns():
     # a residual join: the first contribution, made fresh for x alone, takes the second in place
-    made = []
-
-    def fresh(g):
-        made.append(g * 2.0)
-        return (made[-1],)
-
     x = Tensor(np.ones(4), requires_grad=True)
-    y = Tensor._make(x.data * 2.0, (x,), fresh, "double")
+    y, made = doubled(x)
     (y + x * 3.0).backward(np.arange(4.0))
     assert x.grad is made[0]
     np.testing.assert_array_equal(x.grad, 5.0 * np.arange(4.0))
