@@ -626,6 +626,7 @@ def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h,
     plane, phases = rows * pitch, stride_h * stride_w
     n_out = (out_h - 1) * pitch + out_w  # one sample's output span
     wide = row_weights.shape[0] > 0
+    step = ROWS if wide else 2  # output channels a pass
     for b in prange(blocks):
         xp = np.zeros(c_g * phases * samples * plane + slack, x.dtype)  # padding never written: stays zero
         out = np.empty((ROWS if wide else 2, samples * plane + LANES), x.dtype)
@@ -638,7 +639,6 @@ def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h,
                 for c in range(c_g):
                     _copy_plane(x[n0 + s, g * c_g + c], xp, (c * phases * samples + s) * plane, pad_h, pad_w,
                                 stride_h, stride_w, H_p, W_p, samples * plane, pitch, True)
-            step = ROWS if wide else 2
             for o in range(g * o_g, (g + 1) * o_g, step):
                 done = min(step, (g + 1) * o_g - o)  # output channels this pass: 8, 2 or the odd last one
                 if wide:
@@ -670,6 +670,8 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
     g_first = margin_h * pitch + margin_w  # where g[0, 0] sits in its plane: from there it is an output plane
     zeros = np.zeros(ROWS, x.dtype)  # each grad_input gather starts from 0 typed as x (a float64 0.0 promotes)
     wide_input = input_row_weights.shape[0] > 0
+    input_step = ROWS if wide_input else 2  # input channels a grad_input pass
+    weight_step = 4 if o_g % 4 == 0 else 2  # output channels a grad_weight pass
     for b in prange(blocks):
         gp = np.zeros(o_g * samples * plane + slack, x.dtype)  # + what the last gather overreads
         xp = np.zeros(c_g * phases * samples * plane + slack if need_weight else 0, x.dtype)
@@ -686,9 +688,8 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
             # grad_input and grad_weight in two separate loops, not one loop with both branches
             # inside: with run-time flags in one loop body LLVM stopped vectorising (measured 4x slower)
             if need_input:
-                step = ROWS if wide_input else 2
-                for c in range(g * c_g, (g + 1) * c_g, step):
-                    done = min(step, (g + 1) * c_g - c)  # input channels this pass: 8, 2 or the odd last one
+                for c in range(g * c_g, (g + 1) * c_g, input_step):
+                    done = min(input_step, (g + 1) * c_g - c)  # input channels this pass: 8, 2 or the odd last one
                     for phase in range(phases):
                         first = phase * samples * plane + input_spans[phase, 0]
                         n = (count - 1) * plane + input_spans[phase, 1]
@@ -709,13 +710,12 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
                         _copy_plane(x[n0 + s, g * c_g + c], xp, (c * phases * samples + s) * plane, pad_h, pad_w,
                                     stride_h, stride_w, H_p, W_p, samples * plane, pitch, True)
                 n = (count - 1) * plane + n_out
-                step = 4 if o_g % 4 == 0 else 2
                 for k0 in range(0, n, DOT_CHUNK):  # every channel and tap over one chunk of k, then the next
                     chunk, first = min(DOT_CHUNK, n - k0), g_first + k0
-                    for o in range(0, o_g, step):
-                        done = min(step, o_g - o)  # output channels this pass: 4, 2 or the odd last one
+                    for o in range(0, o_g, weight_step):
+                        done = min(weight_step, o_g - o)  # output channels this pass: 4, 2 or the odd last one
                         o1 = o + done - 1
-                        if step == 4:
+                        if weight_step == 4:
                             _dot_taps4(partial[b, g * o_g + o:g * o_g + o + 4], gp[o * samples * plane + first:],
                                        samples * plane, xp[k0:], offsets, chunk)
                         else:
