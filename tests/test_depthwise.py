@@ -81,6 +81,21 @@ def test_wide_groups_match_reference(config, dtype, seed):
     check_against_reference(x, w, b, s, p, d, groups, dtype, rng)
 
 
+@pytest.mark.parametrize("shape, groups, o_group, k, s, p, d, dtype", [
+    ((3, 16, 5, 16), 2, 8, (3, 3), (1, 1), (1, 1), (1, 1), np.float32),   # 16-pixel rows: 5 vectors a plane (odd)
+    ((2, 8, 6, 34), 1, 8, (3, 3), (1, 1), (0, 0), (1, 1), np.float32),    # a dense conv, rows of 2 vectors
+    ((2, 16, 8, 32), 2, 8, (3, 3), (2, 2), (1, 1), (1, 1), np.float32),   # stride 2: the forward's phases
+    ((2, 16, 7, 8), 2, 16, (3, 3), (1, 1), (2, 2), (2, 2), np.float64),   # float64 vectors of 8, dilated
+    ((2, 8, 3, 16), 1, 8, (1, 5), (1, 1), (0, 2), (1, 1), np.float64),    # a 1x5 kernel, 2 vectors a row
+])
+def test_rows_of_whole_vectors_match_reference(shape, groups, o_group, k, s, p, d, dtype):
+    """Output (and, at stride 1, input) rows a whole number of vectors long take _gather_planes8: each
+    plane's rows without the junk column, sample by sample, into the output through one run a plane."""
+    rng = np.random.default_rng(3)
+    x, w, b = operands(shape, groups, o_group, k, rng, dtype)
+    check_against_reference(x, w, b, s, p, d, groups, dtype, rng)
+
+
 def test_by_rows_puts_the_rows_of_a_block_last():
     tap_weights = np.arange(2 * 16 * 3, dtype=np.float64).reshape(32, 3)  # 2 groups of 16 rows, 3 taps
     blocks = depthwise._by_rows(tap_weights, 2)
