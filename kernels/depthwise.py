@@ -187,8 +187,10 @@ def grouped_conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     offsets, tap_weights = _forward_taps(weight, layout)
     bias = np.zeros(c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((n, c_out, layout.out_h, layout.out_w), x.dtype)
+    lanes = _vector_lanes(x)
     with _serial_if_small(y.size * weight[0].size):
-        _forward_items(x, offsets, tap_weights, _by_rows(tap_weights, groups), bias, y, groups, *layout.scalars(),
+        _forward_items(x, offsets, layout.flat_bases(lanes), layout.vector_bases(layout.out_w, layout.out_h, lanes),
+                       tap_weights, _by_rows(tap_weights, groups), bias, y, groups, *layout.scalars(),
                        _blocks(layout.items(groups)))
     return y
 
@@ -206,11 +208,14 @@ def grouped_conv2d_backward(grad_output, x, weight, stride, padding, dilation, g
     blocks = _blocks(layout.items(groups))
     grad_input = np.empty(x.shape if need_input else (0, 0, 0, 0), x.dtype)
     partial = np.zeros((blocks, c_out, offsets.size) if need_weight else (0, 0, 0), x.dtype)  # (B, C_out, T)
+    lanes = _vector_lanes(x)
+    input_row_bases = (layout.vector_bases(x.shape[3], x.shape[2], lanes) if tuple(stride) == (1, 1)  # one phase
+                       else np.zeros(0, np.int64))
     if need_input or need_weight:
         with _serial_if_small(grad_output.size * weight[0].size * (need_input + need_weight)):
-            _backward_items(grad_output, x, offsets, input_offsets, input_weights, _by_rows(input_weights, groups),
-                            input_spans, grad_input, partial, need_input, need_weight, groups, *layout.scalars(),
-                            blocks)
+            _backward_items(grad_output, x, offsets, input_offsets, layout.flat_bases(lanes), input_row_bases,
+                            input_weights, _by_rows(input_weights, groups), input_spans, grad_input, partial,
+                            need_input, need_weight, groups, *layout.scalars(), blocks)
     grad_weight = None
     if need_weight:
         total = partial[0]
@@ -272,6 +277,19 @@ class _Layout:
         self.slack = (self.H_p + 2) * self.pitch + LANES  # more than the last plane's reads overrun,
         # also when _gather_rows8 rounds a run up to a whole vector
         self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane)))
+
+    def vector_bases(self, width, height, lanes):
+        """Where the vectors of `lanes` pixels of a _gather_rows8 start in its source:
+        `height` rows of `width` pixels, P apart, so that the output has no junk column; empty when width is
+        not a whole number of vectors (the gathers then run flat, junk included)."""
+        if width % lanes:
+            return np.zeros(0, np.int64)
+        v, per_row = np.arange(height * width // lanes), width // lanes
+        return v // per_row * self.pitch + v % per_row * lanes
+
+    def flat_bases(self, lanes):
+        """The vectors of a flat gather, end to end: as many as an item's longest run takes."""
+        return np.arange(_ceil_div(self.samples * self.plane, lanes) + 1) * lanes
 
     def items(self, groups):
         """Work items: (block of `samples` samples, group) pairs."""
@@ -429,11 +447,10 @@ def _vector_lanes_jit(array):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _gather_rows8(dst, first, src, src_pitch, per_row, offsets, weights, vectors, start):
-    """dst[r, first + v·lanes + l] = start[r] + Σ_t weights[t, r] · src[offsets[t] + base(v) + l]  for r < 8, the
-    `vectors` vectors v of `lanes` pixels l and base(v) = (v // per_row)·src_pitch + (v % per_row)·lanes: the
-    source holds the pixels in rows of per_row vectors, src_pitch apart; dst holds them end to end. With
-    per_row = vectors the source is one run too (the flat layout). An odd last vector is computed twice.
+def _gather_rows8(dst, first, src, bases, offsets, weights, vectors, start):
+    """dst[r, first + v·lanes + l] = start[r] + Σ_t weights[t, r] · src[offsets[t] + bases[v] + l]  for r < 8, the
+    `vectors` vectors v of `lanes` pixels l: the source holds them where bases says (_Layout.vector_bases:
+    one run, or rows of whole vectors), dst end to end. An odd last vector is computed twice.
 
     _gather_taps's sum for 8 rows at once, blocked the other way round: 8 rows × two vectors of pixels
     of sums stay in registers over ALL the taps. A tap costs two vector loads of src and 16
@@ -447,8 +464,7 @@ def _gather_rows8(dst, first, src, src_pitch, per_row, offsets, weights, vectors
     a4, a5, a6, a7 = _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt)
     for v in range(0, vectors, 2):
         u = min(v + 1, vectors - 1)  # the second vector of the pair
-        base_v = v // per_row * src_pitch + v % per_row * lanes
-        base_u = u // per_row * src_pitch + u % per_row * lanes
+        base_v, base_u = bases[v], bases[u]
         for l in range(2 * lanes):
             a0[l], a1[l], a2[l], a3[l] = start[0], start[1], start[2], start[3]
             a4[l], a5[l], a6[l], a7[l] = start[4], start[5], start[6], start[7]
@@ -472,17 +488,17 @@ def _gather_rows8(dst, first, src, src_pitch, per_row, offsets, weights, vectors
 
 
 @njit(cache=True)
-def _gather_planes8(planes, out, src, src_pitch, height, width, offsets, weights, start):
-    """planes[r] (r < 8, rows of a 2-D array, each a (height, width) plane) = start[r] + Σ_t weights[t, r] ·
-    src[offsets[t] + i·src_pitch + j] at (i, j): _gather_rows8 over rows of whole vectors (width a multiple
-    of the vector), so no junk column is computed, through `out` (8 rows of height·width, in L1) and then
-    one run per plane. Gathering straight into the 8 planes, a few vectors into each in turn, was 1.6x
-    slower than these runs: the stores missed the cache each time (grouped 3x3 C_g = 16, 16x16, 1 thread:
-    forward 9.0 ms flat with a copy-out of the junk, 8.3 straight into y, 8.1 this way)."""
-    lanes = _vector_lanes(src)
-    _gather_rows8(out, 0, src, src_pitch, width // lanes, offsets, weights, height * width // lanes, start)
+def _gather_planes8(planes, out, src, bases, offsets, weights, start):
+    """planes[r] (r < 8, rows of a 2-D array, each a flat (height, width) plane) = start[r] + Σ_t weights[t, r]
+    · src[offsets[t] + i·P + j] at (i, j): _gather_rows8 over rows of whole vectors (bases: width a
+    multiple of the vector, _Layout.vector_bases), so no junk column is computed, through `out` (8 rows
+    of height·width, in L1) and then one run per plane. Gathering straight into the 8 planes, a few
+    vectors into each in turn, was slower than these runs: the stores missed the cache each time (grouped
+    3x3 C_g = 16, 16x16, 1 thread: forward 9.0 ms flat with a copy-out of the junk, 8.3 straight into y,
+    8.1 this way; the same store pattern alone, no arithmetic, 7x slower than writing y in order)."""
+    _gather_rows8(out, 0, src, bases, offsets, weights, bases.size, start)
     for r in range(ROWS):
-        _copy_run(planes[r], 0, 1, out[r], 0, 1, height * width)
+        _copy_run(planes[r], 0, 1, out[r], 0, 1, bases.size * _vector_lanes(src))
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -644,8 +660,8 @@ def _copy_run(dst, dst_first, dst_step, src, src_first, src_step, count):
 # forward and backward: one prange over blocks of (sample, group) items
 # ---------------------------------------------------------------------------
 @njit(cache=True, parallel=True)
-def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p,
-                   rows, pitch, margin_h, margin_w, samples, slack, blocks):
+def _forward_items(x, offsets, flat_bases, row_bases, tap_weights, row_weights, bias, y, groups, pad_h, pad_w, stride_h,
+                   stride_w, H_p, W_p, rows, pitch, margin_h, margin_w, samples, slack, blocks):
     # N batch, C_g input / O_g output channels per group, S = stride_h·stride_w phases; an item is (block of
     # `samples` samples from n0, group g); plane = rows·pitch; xp (C_g, S, samples, plane) its input in
     # phases; out (8 or 2, samples·plane + LANES) output channels of its samples, flat: 8 at a time through
@@ -659,6 +675,7 @@ def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h,
     wide = row_weights.shape[0] > 0
     step = ROWS if wide else 2  # output channels a pass
     lanes = _vector_lanes(x)
+    whole_rows = row_bases.size > 0  # output rows of whole vectors
     y_rows = y.reshape(N * C_out, out_h * out_w)
     for b in prange(blocks):
         xp = np.zeros(c_g * phases * samples * plane + slack, x.dtype)  # padding never written: stays zero
@@ -674,14 +691,14 @@ def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h,
                                 stride_h, stride_w, H_p, W_p, samples * plane, pitch, True)
             for o in range(g * o_g, (g + 1) * o_g, step):
                 done = min(step, (g + 1) * o_g - o)  # output channels this pass: 8, 2 or the odd last one
-                if wide and out_w % lanes == 0:  # rows of whole vectors: no junk, sample by sample
+                if wide and whole_rows:  # rows of whole vectors: no junk, sample by sample
                     for s in range(count):
-                        _gather_planes8(y_rows[(n0 + s) * C_out + o:], out, xp[s * plane:], pitch, out_h, out_w,
-                                        offsets, row_weights[o // ROWS], bias[o:o + ROWS])
+                        _gather_planes8(y_rows[(n0 + s) * C_out + o:], out, xp[s * plane:], row_bases, offsets,
+                                        row_weights[o // ROWS], bias[o:o + ROWS])
                     continue
                 if wide:
-                    vectors = _ceil_div(n, lanes)
-                    _gather_rows8(out, 0, xp, 0, vectors, offsets, row_weights[o // ROWS], vectors, bias[o:o + ROWS])
+                    _gather_rows8(out, 0, xp, flat_bases, offsets, row_weights[o // ROWS], _ceil_div(n, lanes),
+                                  bias[o:o + ROWS])
                 else:
                     o1 = o + done - 1
                     _gather_taps(out[0], out[1], done == 2, xp, offsets, tap_weights[o], tap_weights[o1], n, False,
@@ -692,9 +709,9 @@ def _forward_items(x, offsets, tap_weights, row_weights, bias, y, groups, pad_h,
 
 
 @njit(cache=True, parallel=True)
-def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input_row_weights, input_spans, grad_input,
-                    partial, need_input, need_weight, groups, pad_h, pad_w, stride_h, stride_w, H_p, W_p, rows, pitch,
-                    margin_h, margin_w, samples, slack, blocks):
+def _backward_items(grad_output, x, offsets, input_offsets, flat_bases, input_row_bases, input_weights,
+                    input_row_weights, input_spans, grad_input, partial, need_input, need_weight, groups, pad_h, pad_w,
+                    stride_h, stride_w, H_p, W_p, rows, pitch, margin_h, margin_w, samples, slack, blocks):
     # Items, planes, S and xp as in the forward. gp (O_g, samples, plane) + slack: the item's grad_output
     # planes, each with zero margins (margin_h rows above, margin_w columns left); grad_xp (8 or 2, S, samples,
     # plane) + LANES: input channels' grads in phases, 8 at a time through _gather_rows8 when C_g is 8k
@@ -732,18 +749,17 @@ def _backward_items(grad_output, x, offsets, input_offsets, input_weights, input
             if need_input:
                 for c in range(g * c_g, (g + 1) * c_g, input_step):
                     done = min(input_step, (g + 1) * c_g - c)  # input channels this pass: 8, 2 or the odd last one
-                    if wide_input and phases == 1 and W % lanes == 0:  # as in the forward
+                    if wide_input and input_row_bases.size > 0:  # rows of whole vectors, as in the forward
                         for s in range(count):
-                            _gather_planes8(grad_input_rows[(n0 + s) * C_in + c:], grad_xp, gp[s * plane:], pitch, H,
-                                            W, input_offsets[0], input_row_weights[c // ROWS, 0], zeros)
+                            _gather_planes8(grad_input_rows[(n0 + s) * C_in + c:], grad_xp, gp[s * plane:],
+                                            input_row_bases, input_offsets[0], input_row_weights[c // ROWS, 0], zeros)
                         continue
                     for phase in range(phases):
                         first = phase * samples * plane + input_spans[phase, 0]
                         n = (count - 1) * plane + input_spans[phase, 1]
                         if wide_input:
-                            vectors = _ceil_div(n, lanes)
-                            _gather_rows8(grad_xp, first, gp, 0, vectors, input_offsets[phase],
-                                          input_row_weights[c // ROWS, phase], vectors, zeros)
+                            _gather_rows8(grad_xp, first, gp, flat_bases, input_offsets[phase],
+                                          input_row_weights[c // ROWS, phase], _ceil_div(n, lanes), zeros)
                         else:
                             _gather_taps(grad_xp[0, first:], grad_xp[1, first:], done == 2, gp, input_offsets[phase],
                                          input_weights[c, phase], input_weights[c + done - 1, phase], n, False,
