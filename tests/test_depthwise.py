@@ -198,8 +198,9 @@ PLAIN_PYTHON_CHECK = """
 import numpy as np
 from kernels import depthwise, reference
 rng = np.random.default_rng(0)
-for groups, c_in, c_out in [(1, 8, 8), (2, 4, 2)]:  # wide loops (_gather_rows8, _dot_taps4); narrow ones
-    x, w = rng.standard_normal((2, c_in, 4, 5)), rng.standard_normal((c_out, c_in // groups, 3, 3))
+# wide loops (_gather_rows8, _dot_taps4); narrow ones; rows of whole vectors (8 float64 pixels: _gather_planes8)
+for groups, c_in, c_out, width in [(1, 8, 8, 5), (2, 4, 2, 5), (1, 8, 8, 8)]:
+    x, w = rng.standard_normal((2, c_in, 4, width)), rng.standard_normal((c_out, c_in // groups, 3, 3))
     args = ((1, 1), (1, 1), (1, 1), groups)
     y = depthwise.grouped_conv2d_forward(x, w, None, *args)
     g = rng.standard_normal(y.shape)
