@@ -96,6 +96,34 @@ def test_rows_of_whole_vectors_match_reference(shape, groups, o_group, k, s, p, 
     check_against_reference(x, w, b, s, p, d, groups, dtype, rng)
 
 
+@st.composite
+def whole_vector_rows(draw):
+    """A wide grouped convolution (8 or 16 output channels a group) whose output rows are a whole number of
+    vectors long (8, 16 or 24 pixels in float64), the input width solved from the drawn kernel, stride, padding
+    and dilation: (x shape, groups, o_group, kernel, stride, padding, dilation)."""
+    k = (draw(st.integers(1, 3)), draw(st.integers(1, 4)))
+    s = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    p = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    out_w = draw(st.sampled_from([8, 16, 24]))  # 1, 2 or 3 vectors a row: pairs of vectors straddle rows
+    width = (out_w - 1) * s[1] + d[1] * (k[1] - 1) + 1 - 2 * p[1]  # the input width that gives out_w
+    height = draw(st.integers(1, 4))
+    assume(width >= 1 and reference.conv_output_size(height, k[0], s[0], p[0], d[0]) >= 1)
+    groups, c_group = draw(st.integers(1, 2)), draw(st.sampled_from([1, 8]))
+    shape = (draw(st.integers(1, 3)), groups * c_group, height, width)
+    return shape, groups, draw(st.sampled_from([8, 16])), k, s, p, d
+
+
+@settings(max_examples=25, deadline=None)
+@given(whole_vector_rows(), st.integers(0, 2**31))
+def test_rows_of_whole_vectors_drawn_match_reference(config, seed):
+    """The same over drawn kernels, strides, paddings and dilations (float64: rows of 8, 16 or 24 pixels)."""
+    shape, groups, o_group, k, s, p, d = config
+    rng = np.random.default_rng(seed)
+    x, w, b = operands(shape, groups, o_group, k, rng, np.float64)
+    check_against_reference(x, w, b, s, p, d, groups, np.float64, rng)
+
+
 def test_by_rows_puts_the_rows_of_a_block_last():
     tap_weights = np.arange(2 * 16 * 3, dtype=np.float64).reshape(32, 3)  # 2 groups of 16 rows, 3 taps
     blocks = depthwise._by_rows(tap_weights, 2)
