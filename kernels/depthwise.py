@@ -37,7 +37,8 @@ How it is laid out:
 
 * A work item is one group g of a few consecutive samples (enough that
   the item's flat planes, laid end to end, are about ITEM_ELEMENTS long:
-  one pass over a long run costs less than several over short ones). The
+  one pass over a long run costs less than several over short ones; one
+  sample when the forward runs over rows of whole vectors, below). The
   items are cut into B = NUMBA_NUM_THREADS contiguous blocks and one
   prange runs over the blocks; each block owns scratch buffers, reused
   for all its items.
@@ -65,13 +66,14 @@ How it is laid out:
   its end lands in the next row's leading zeros; planes alike. 16x16 with
   a 3x3 kernel and padding 1: planes of 17x17, not 18x18 (10% less junk
   computed; 7x7 planes: 8x8, not 9x9, grouped C_g = 16 fwd+bwd 24% faster).
-* Register blocking (_gather_taps): two output channels and four taps per
-  pass over k. Each step loads 4 input values for 8 multiply-adds into the
-  2 outputs, where an axpy per tap and channel does 2 loads and 1 store
-  per multiply-add. The last T % 4 taps take a pass each (not zero-weight
-  padding: for 3x3 depthwise, T = 9, that wasted a quarter of the work).
-  An odd channel out goes through the same loop alone (depthwise without
-  a multiplier: every channel).
+* Register blocking (_gather_vectors): one output channel at a time, 8
+  vectors of pixels of its sums held in registers over ALL the taps; a tap
+  is 8 vector loads and 8 multiply-adds with one broadcast weight, and
+  each output is written once, where an axpy per tap does 2 loads and 1
+  store per multiply-add. (It replaced a block of 2 channels × 4 taps per
+  pass over k, which read and wrote the output every 4 taps: depthwise
+  3x3, 16x16, float32, forward 2.6 -> 1.6 ms at 1 thread.) Its loads
+  index with np.uint64, which Numba does not wrap around (see there).
 * Wide groups (_gather_rows8): when a group's output channels are a
   multiple of 8, they share every tap's input, so 8 of them at a time keep
   8 rows × two vectors of pixels of sums in registers across all T taps: a
@@ -170,7 +172,7 @@ ITEM_ELEMENTS = 1024  # a work item stacks samples until its flat planes are abo
 ROWS = 8  # _gather_rows8 holds 8 rows (channels) x two vectors of pixels of sums in registers,
 VECTOR_BYTES = 64  # vectors of 64 bytes (AVX-512): 16 float32 or 8 float64 pixels. Also the best on AVX2
 # code (NUMBA_CPU_NAME=haswell, grouped C_g = O_g = 16, 1 thread): 64 bytes as two registers 1.2x faster than
-# _gather_taps, 32 bytes 1.4x slower than that (measured with 16 rows x one vector)
+# a 2 rows x 4 taps register block, 32 bytes 1.4x slower than that (measured with 16 rows x one vector)
 LANES = 32  # so it rounds a run up by less than 32 pixels: the room buffers leave for it
 DOT_CHUNK = 4096  # grad_weight's dot products run over k in chunks of this many pixels, all channels and taps
 # a chunk, then the next: at 224x224 (50,625 pixels a plane) a pass of _dot_taps4 over the whole plane reads
@@ -183,11 +185,11 @@ def grouped_conv2d_forward(x, weight, bias, stride, padding, dilation, groups):
     x = np.ascontiguousarray(x)
     weight = np.ascontiguousarray(weight, dtype=x.dtype)
     n, c_out = x.shape[0], weight.shape[0]
-    layout = _Layout(x.shape, weight.shape, stride, padding, dilation)
+    lanes = _vector_lanes(x)
+    layout = _Layout(x.shape, weight.shape, stride, padding, dilation, forward_lanes=lanes)
     offsets, tap_weights = _forward_taps(weight, layout)
     bias = np.zeros(c_out, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     y = np.empty((n, c_out, layout.out_h, layout.out_w), x.dtype)
-    lanes = _vector_lanes(x)
     with _serial_if_small(y.size * weight[0].size):
         _forward_items(x, offsets, layout.flat_bases(lanes), layout.vector_bases(layout.out_w, layout.out_h, lanes),
                        tap_weights, _by_rows(tap_weights, groups), bias, y, groups, *layout.scalars(),
@@ -252,9 +254,12 @@ class _Layout:
     samples: how many samples one work item stacks, plane after plane, so that a pass over k runs over
     about ITEM_ELEMENTS values. A pass over one 16x16 plane (286 values) ran at 60% of the speed of one
     over 2,860: the set-up, the vector remainder and, in _dot_taps, the horizontal sums come once per
-    pass. 1024 measured best on 16x16 (depthwise slowed down again at 1536)."""
+    pass. 1024 measured best on 16x16 (depthwise slowed down again at 1536). But one sample when the
+    forward's output rows are whole vectors of `forward_lanes` pixels: its gathers then run sample by
+    sample anyway, and each stacked sample only adds a stream of x read and one of y written 128 KB
+    apart (depthwise 3x3, 16x16, C = 128, float32, 1 thread: forward 1.90 -> 1.58 ms)."""
 
-    def __init__(self, x_shape, weight_shape, stride, padding, dilation):
+    def __init__(self, x_shape, weight_shape, stride, padding, dilation, forward_lanes=0):
         self.N, self.H, self.W = x_shape[0], x_shape[2], x_shape[3]
         k_h, k_w = weight_shape[2:]
         (self.stride_h, self.stride_w), (self.pad_h, self.pad_w), (dil_h, dil_w) = stride, padding, dilation
@@ -277,6 +282,8 @@ class _Layout:
         self.slack = (self.H_p + 2) * self.pitch + LANES  # more than the last plane's reads overrun,
         # also when _gather_rows8 rounds a run up to a whole vector
         self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane)))
+        if forward_lanes and self.out_w % forward_lanes == 0:
+            self.samples = 1
 
     def vector_bases(self, width, height, lanes):
         """Where the vectors of `lanes` pixels of a _gather_rows8 start in its source:
@@ -379,7 +386,7 @@ def _ceil_div(a, b):
 def _by_rows(tap_weights, groups):
     """tap_weights (R, ..., T) as (R/ROWS, ..., T, ROWS): R rows (output channels for the forward, input
     channels for grad_input) ROWS at a time for _gather_rows8, the row last. Empty (0, ..., T, ROWS) when a
-    group's rows are not a multiple of ROWS: then they go through _gather_taps."""
+    group's rows are not a multiple of ROWS: then they go one at a time through _gather_vectors."""
     rows = tap_weights.shape[0]
     if (rows // groups) % ROWS:
         return np.zeros((0,) + tap_weights.shape[1:] + (ROWS,), tap_weights.dtype)
@@ -392,7 +399,9 @@ def _by_rows(tap_weights, groups):
 # ---------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _four_runs(src, offsets, t, n):
-    """The n-long runs of src that taps t ... t + 3 read, as slices (see _gather_taps for why slices)."""
+    """The n-long runs of src that taps t ... t + 3 read, as slices: indexing src[offsets[t] + k] directly stays
+    scalar (Numba's negative-index wraparound hides the affine address from LLVM; measured 4x), a slice's
+    own index k runs from 0 and is not wrapped. (_gather_vectors indexes with np.uint64 instead.)"""
     return (src[offsets[t]:offsets[t] + n], src[offsets[t + 1]:offsets[t + 1] + n],
             src[offsets[t + 2]:offsets[t + 2] + n], src[offsets[t + 3]:offsets[t + 3] + n])
 
@@ -452,13 +461,13 @@ def _gather_rows8(dst, first, src, bases, offsets, weights, vectors, start):
     `vectors` vectors v of `lanes` pixels l: the source holds them where bases says (_Layout.vector_bases:
     one run, or rows of whole vectors), dst end to end. An odd last vector is computed twice.
 
-    _gather_taps's sum for 8 rows at once, blocked the other way round: 8 rows × two vectors of pixels
-    of sums stay in registers over ALL the taps. A tap costs two vector loads of src and 16
-    multiply-adds with its 8 row weights broadcast, and dst is written once (_gather_taps reads and
-    writes dst once every 4 taps). The sums are 8 named stack arrays, each two vector registers; as one
-    2-D array indexed by a row loop they stayed in memory (measured 40x slower). 16 rows × one vector
-    (one load of src, 16 broadcasts) ran 11% slower, 4 rows × four vectors about the same. The sums run
-    in tap order, as _gather_taps's (the two give the same bits)."""
+    _gather_vectors's sum for 8 rows that share their source (a wide group's output channels): 8 rows
+    × two vectors of pixels of sums stay in registers over ALL the taps. A tap costs two vector loads of
+    src and 16 multiply-adds with its 8 row weights broadcast, and dst is written once. The sums are 8
+    named stack arrays, each two vector registers; as one 2-D array indexed by a row loop they stayed in
+    memory (measured 40x slower). 16 rows × one vector (one load of src, 16 broadcasts) ran 11% slower,
+    4 rows × four vectors about the same. The sums run in tap order, as _gather_vectors's (the two give
+    the same bits)."""
     dt, lanes = src.dtype, _vector_lanes(src)  # one vector: 16 float32 or 8 float64 pixels
     a0, a1, a2, a3 = _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt)
     a4, a5, a6, a7 = _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt)
@@ -502,47 +511,59 @@ def _gather_planes8(planes, out, src, bases, offsets, weights, start):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _gather_taps(dst0, dst1, two, src, offsets, weights0, weights1, n, add, start0, start1):
-    """dst0[k] = (dst0[k] if add else start0) + Σ_t weights0[t] · src[offsets[t] + k]  for k < n, and the same
-    for dst1 with weights1 and start1 when `two` (else dst1 and weights1 are not touched). add=False spares
-    the caller a pass that fills dst with a start value (the bias, or zero).
+def _gather_vectors(dst, first, src, bases, offsets, weights, vectors, start):
+    """dst[first + v·lanes + l] = start + Σ_t weights[t] · src[offsets[t] + bases[v] + l]  for the `vectors`
+    vectors v of `lanes` pixels l (bases as in _gather_rows8): one row (one output channel, or one input
+    channel of grad_input), 8 vectors at a time. An odd last group of vectors repeats the last one.
 
-    A register block of 2 rows × 4 taps per pass over k: 4 source loads feed 8 multiply-adds (an axpy per
-    tap and row needs 2 loads per multiply-add); the last T % 4 taps take one pass each. LLVM hoists the
-    `two` test out of the k loop (loop unswitching) and vectorises both versions: a lone row costs what a
-    1-row loop would (measured).
-    Slices are taken first: indexing src[offsets[t] + k] directly stays scalar (Numba's negative-index
-    wraparound hides the affine address from LLVM; measured 4x)."""
-    d0, d1 = dst0[:n], dst1[:n]
-    blocked = offsets.size - offsets.size % 4  # taps in passes of 4; then one pass per remaining tap
-    for t in range(0, blocked, 4):
-        s0, s1, s2, s3 = _four_runs(src, offsets, t, n)
-        a0, a1, a2, a3 = weights0[t], weights0[t + 1], weights0[t + 2], weights0[t + 3]
-        b0, b1, b2, b3 = weights1[t], weights1[t + 1], weights1[t + 2], weights1[t + 3]
-        keep = add or t > 0  # the first pass writes start + its taps, the later ones add theirs
-        for k in range(n):
-            x0, x1, x2, x3 = s0[k], s1[k], s2[k], s3[k]
-            d0[k] = (d0[k] if keep else start0) + (a0 * x0 + a1 * x1 + a2 * x2 + a3 * x3)
-            if two:
-                d1[k] = (d1[k] if keep else start1) + (b0 * x0 + b1 * x1 + b2 * x2 + b3 * x3)
-    for t in range(blocked, offsets.size):
-        s0 = src[offsets[t]:offsets[t] + n]
-        a0, b0 = weights0[t], weights1[t]
-        keep = add or t > 0  # with T < 4 this is the first pass
-        for k in range(n):
-            d0[k] = (d0[k] if keep else start0) + a0 * s0[k]
-            if two:
-                d1[k] = (d1[k] if keep else start1) + b0 * s0[k]
+    _gather_rows8 blocked the other way: 8 vectors × one row of sums stay in registers over ALL the taps,
+    four named stack arrays of two vectors each. A tap is 8 vector loads of src and 8 multiply-adds with
+    one broadcast weight, and dst is written once. (Depthwise 3x3, 16x16, float32, 1 thread: forward 2.6
+    -> 1.6 ms against the 2 rows × 4 taps register block it replaced, which read and wrote dst every 4
+    taps.) The sums run in tap order.
+
+    The loads index src with np.uint64: a signed index makes Numba wrap negative ones around (index +
+    size when index < 0), a select in every load that hides the affine address from LLVM, so the loop
+    stays scalar (measured 4x slower). An unsigned index cannot be negative: no select, and LLVM forms
+    vector loads. (Elsewhere slices, src[a:a + n][k], do the same job for a loop over one run.)"""
+    dt, lanes = src.dtype, _vector_lanes(src)
+    a0, a1, a2, a3 = _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt), _stack_array(LANES, dt)
+    last = vectors - 1
+    for v0 in range(0, vectors, 8):
+        b0, b1, b2, b3 = bases[v0], bases[min(v0 + 1, last)], bases[min(v0 + 2, last)], bases[min(v0 + 3, last)]
+        b4, b5, b6, b7 = bases[min(v0 + 4, last)], bases[min(v0 + 5, last)], bases[min(v0 + 6, last)], bases[
+            min(v0 + 7, last)]
+        for l in range(2 * lanes):
+            a0[l], a1[l], a2[l], a3[l] = start, start, start, start
+        for t in range(offsets.size):
+            _add_tap8(src, offsets[t], b0, b1, b2, b3, b4, b5, b6, b7, weights[t], a0, a1, a2, a3, lanes)
+        for u in range(8):  # vector v0 + u is half u % 2 of sum array u // 2
+            acc = a0 if u < 2 else (a1 if u < 4 else (a2 if u < 6 else a3))
+            column, half = first + min(v0 + u, last) * lanes, (u % 2) * lanes
+            for l in range(lanes):
+                dst[np.uint64(column + l)] = acc[half + l]
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _add_tap8(src, offset, b0, b1, b2, b3, b4, b5, b6, b7, weight, a0, a1, a2, a3, lanes):
+    """One tap of _gather_vectors: a_{u // 2}[(u % 2)·lanes + l] += weight · src[offset + b_u + l], u < 8."""
+    for l in range(lanes):
+        m = lanes + l
+        a0[l] += weight * src[np.uint64(offset + b0 + l)]; a0[m] += weight * src[np.uint64(offset + b1 + l)]  # noqa: E702
+        a1[l] += weight * src[np.uint64(offset + b2 + l)]; a1[m] += weight * src[np.uint64(offset + b3 + l)]  # noqa: E702
+        a2[l] += weight * src[np.uint64(offset + b4 + l)]; a2[m] += weight * src[np.uint64(offset + b5 + l)]  # noqa: E702
+        a3[l] += weight * src[np.uint64(offset + b6 + l)]; a3[m] += weight * src[np.uint64(offset + b7 + l)]  # noqa: E702
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def _dot_taps(acc0, acc1, two, g0, g1, src, offsets, n):
     """acc0[t] += Σ_k g0[k] · src[offsets[t] + k]  for k < n, and the same for acc1 with g1 when `two`: the
-    adjoint of _gather_taps with respect to the weights, 2 rows × 4 taps per pass, then one tap per pass.
+    adjoint of the forward gather with respect to the weights, 2 rows × 4 taps per pass, then one tap per
+    pass (not zero-weight padding: for 3x3 depthwise, T = 9, that wasted a quarter of the work).
     The sums start from acc[t], so they are typed as the arrays (a literal 0.0 would make a float32 sum an
     unvectorised float64 one)."""
     g0, g1 = g0[:n], g1[:n]
-    blocked = offsets.size - offsets.size % 4  # as in _gather_taps
+    blocked = offsets.size - offsets.size % 4  # taps in passes of 4; then one pass per remaining tap
     for t in range(0, blocked, 4):
         s0, s1, s2, s3 = _four_runs(src, offsets, t, n)
         a0, a1, a2, a3 = acc0[t], acc0[t + 1], acc0[t + 2], acc0[t + 3]
@@ -580,7 +601,7 @@ def _dot_taps4(acc, g, g_pitch, src, offsets, n):
     16 multiply-adds, where _dot_taps's 2 × 4 loads 2 + 4 for 8 (1.5x faster, measured on 16 channels a
     group). The last T % 4 taps take one pass each."""
     g0, g1, g2, g3 = g[:n], g[g_pitch:g_pitch + n], g[2 * g_pitch:2 * g_pitch + n], g[3 * g_pitch:3 * g_pitch + n]
-    blocked = offsets.size - offsets.size % 4  # as in _gather_taps
+    blocked = offsets.size - offsets.size % 4  # as in _dot_taps
     for t in range(0, blocked, 4):
         s0, s1, s2, s3 = _four_runs(src, offsets, t, n)
         a00, a01, a02, a03 = acc[0, t], acc[0, t + 1], acc[0, t + 2], acc[0, t + 3]
@@ -646,7 +667,7 @@ def _copy_plane(plane, flat, first, pad_h, pad_w, stride_h, stride_w, H_p, W_p, 
 @njit(cache=True, inline="always")
 def _copy_run(dst, dst_first, dst_step, src, src_first, src_step, count):
     """dst[dst_first + m·dst_step] = src[src_first + m·src_step] for m < count. The steps-1 branch is the one
-    LLVM vectorises (3-8x faster on 16-pixel rows, measured); slices, not offset indexing, as in _gather_taps."""
+    LLVM vectorises (3-8x faster on 16-pixel rows, measured); slices, not offset indexing (_four_runs)."""
     if dst_step == 1 and src_step == 1:
         d, s = dst[dst_first:dst_first + count], src[src_first:src_first + count]
         for m in range(count):
@@ -664,22 +685,23 @@ def _forward_items(x, offsets, flat_bases, row_bases, tap_weights, row_weights, 
                    stride_w, H_p, W_p, rows, pitch, margin_h, margin_w, samples, slack, blocks):
     # N batch, C_g input / O_g output channels per group, S = stride_h·stride_w phases; an item is (block of
     # `samples` samples from n0, group g); plane = rows·pitch; xp (C_g, S, samples, plane) its input in
-    # phases; out (8 or 2, samples·plane + LANES) output channels of its samples, flat: 8 at a time through
-    # _gather_rows8 when O_g is a multiple of 8 (row_weights not empty; by rows of whole vectors through
-    # _gather_planes8 when out_w allows), else in pairs (o, o + 1) through _gather_taps, an odd last one alone
+    # phases; out (8 or 1, samples·plane + LANES) output channels of its samples, flat: 8 at a time through
+    # _gather_rows8 when O_g is a multiple of 8 (row_weights not empty), else one at a time through
+    # _gather_vectors. When out_w is a whole number of vectors (row_bases not empty) the gathers run over
+    # the output rows sample by sample, 8 channels through _gather_planes8, one straight into y
     N, C_in = x.shape[:2]
     C_out, out_h, out_w = y.shape[1:]
     c_g, o_g = C_in // groups, C_out // groups
     plane, phases = rows * pitch, stride_h * stride_w
     n_out = (out_h - 1) * pitch + out_w  # one sample's output span
     wide = row_weights.shape[0] > 0
-    step = ROWS if wide else 2  # output channels a pass
+    step = ROWS if wide else 1  # output channels a pass
     lanes = _vector_lanes(x)
     whole_rows = row_bases.size > 0  # output rows of whole vectors
     y_rows = y.reshape(N * C_out, out_h * out_w)
     for b in prange(blocks):
         xp = np.zeros(c_g * phases * samples * plane + slack, x.dtype)  # padding never written: stays zero
-        out = np.empty((ROWS if wide else 2, samples * plane + LANES), x.dtype)
+        out = np.empty((step, samples * plane + LANES), x.dtype)
         lo, hi = _block(b, blocks, _ceil_div(N, samples) * groups)
         for item in range(lo, hi):
             n0, g = item // groups * samples, item % groups
@@ -690,20 +712,21 @@ def _forward_items(x, offsets, flat_bases, row_bases, tap_weights, row_weights, 
                     _copy_plane(x[n0 + s, g * c_g + c], xp, (c * phases * samples + s) * plane, pad_h, pad_w,
                                 stride_h, stride_w, H_p, W_p, samples * plane, pitch, True)
             for o in range(g * o_g, (g + 1) * o_g, step):
-                done = min(step, (g + 1) * o_g - o)  # output channels this pass: 8, 2 or the odd last one
-                if wide and whole_rows:  # rows of whole vectors: no junk, sample by sample
+                if whole_rows:  # no junk column, sample by sample
                     for s in range(count):
-                        _gather_planes8(y_rows[(n0 + s) * C_out + o:], out, xp[s * plane:], row_bases, offsets,
-                                        row_weights[o // ROWS], bias[o:o + ROWS])
+                        if wide:
+                            _gather_planes8(y_rows[(n0 + s) * C_out + o:], out, xp[s * plane:], row_bases, offsets,
+                                            row_weights[o // ROWS], bias[o:o + ROWS])
+                        else:
+                            _gather_vectors(y_rows[(n0 + s) * C_out + o], 0, xp[s * plane:], row_bases, offsets,
+                                            tap_weights[o], row_bases.size, bias[o])
                     continue
                 if wide:
                     _gather_rows8(out, 0, xp, flat_bases, offsets, row_weights[o // ROWS], _ceil_div(n, lanes),
                                   bias[o:o + ROWS])
                 else:
-                    o1 = o + done - 1
-                    _gather_taps(out[0], out[1], done == 2, xp, offsets, tap_weights[o], tap_weights[o1], n, False,
-                                 bias[o], bias[o1])
-                for r in range(done):
+                    _gather_vectors(out[0], 0, xp, flat_bases, offsets, tap_weights[o], _ceil_div(n, lanes), bias[o])
+                for r in range(step):
                     for s in range(count):
                         _copy_plane(y[n0 + s, o + r], out[r], s * plane, 0, 0, 1, 1, out_h, out_w, 0, pitch, False)
 
@@ -715,7 +738,8 @@ def _backward_items(grad_output, x, offsets, input_offsets, flat_bases, input_ro
     # Items, planes, S and xp as in the forward. gp (O_g, samples, plane) + slack: the item's grad_output
     # planes, each with zero margins (margin_h rows above, margin_w columns left); grad_xp (8 or 2, S, samples,
     # plane) + LANES: input channels' grads in phases, 8 at a time through _gather_rows8 when C_g is 8k
-    # (input_row_weights not empty), else in pairs through _gather_taps, an odd last one alone. partial
+    # (input_row_weights not empty), else one at a time through _gather_vectors; at stride 1 with W a whole
+    # number of vectors (input_row_bases not empty) over the input rows, as the forward's. partial
     # (B, C_out, T) written at [b] by block b only: output channels 4 at a time through _dot_taps4 when O_g is
     # a multiple of 4, else in pairs through _dot_taps, an odd last one alone
     N, C_in = x.shape[:2]
@@ -729,12 +753,12 @@ def _backward_items(grad_output, x, offsets, input_offsets, flat_bases, input_ro
     lanes = _vector_lanes(x)
     H, W = x.shape[2:]
     grad_input_rows = grad_input.reshape(grad_input.shape[0] * grad_input.shape[1], H * W if need_input else 0)
-    input_step = ROWS if wide_input else 2  # input channels a grad_input pass
+    input_step = ROWS if wide_input else 1  # input channels a grad_input pass
     weight_step = 4 if o_g % 4 == 0 else 2  # output channels a grad_weight pass
     for b in prange(blocks):
         gp = np.zeros(o_g * samples * plane + slack, x.dtype)  # + what the last gather overreads
         xp = np.zeros(c_g * phases * samples * plane + slack if need_weight else 0, x.dtype)
-        grad_xp = np.empty((ROWS if wide_input else 2, phases * samples * plane + LANES if need_input else 0),
+        grad_xp = np.empty((input_step, phases * samples * plane + LANES if need_input else 0),
                            x.dtype)
         lo, hi = _block(b, blocks, _ceil_div(N, samples) * groups)
         for item in range(lo, hi):
@@ -748,11 +772,16 @@ def _backward_items(grad_output, x, offsets, input_offsets, flat_bases, input_ro
             # inside: with run-time flags in one loop body LLVM stopped vectorising (measured 4x slower)
             if need_input:
                 for c in range(g * c_g, (g + 1) * c_g, input_step):
-                    done = min(input_step, (g + 1) * c_g - c)  # input channels this pass: 8, 2 or the odd last one
-                    if wide_input and input_row_bases.size > 0:  # rows of whole vectors, as in the forward
+                    if input_row_bases.size > 0:  # rows of whole vectors, as in the forward
                         for s in range(count):
-                            _gather_planes8(grad_input_rows[(n0 + s) * C_in + c:], grad_xp, gp[s * plane:],
-                                            input_row_bases, input_offsets[0], input_row_weights[c // ROWS, 0], zeros)
+                            if wide_input:
+                                _gather_planes8(grad_input_rows[(n0 + s) * C_in + c:], grad_xp, gp[s * plane:],
+                                                input_row_bases, input_offsets[0], input_row_weights[c // ROWS, 0],
+                                                zeros)
+                            else:
+                                _gather_vectors(grad_input_rows[(n0 + s) * C_in + c], 0, gp[s * plane:],
+                                                input_row_bases, input_offsets[0], input_weights[c, 0],
+                                                input_row_bases.size, zeros[0])
                         continue
                     for phase in range(phases):
                         first = phase * samples * plane + input_spans[phase, 0]
@@ -761,10 +790,9 @@ def _backward_items(grad_output, x, offsets, input_offsets, flat_bases, input_ro
                             _gather_rows8(grad_xp, first, gp, flat_bases, input_offsets[phase],
                                           input_row_weights[c // ROWS, phase], _ceil_div(n, lanes), zeros)
                         else:
-                            _gather_taps(grad_xp[0, first:], grad_xp[1, first:], done == 2, gp, input_offsets[phase],
-                                         input_weights[c, phase], input_weights[c + done - 1, phase], n, False,
-                                         zeros[0], zeros[0])
-                    for r in range(done):
+                            _gather_vectors(grad_xp[0], first, gp, flat_bases, input_offsets[phase],
+                                            input_weights[c, phase], _ceil_div(n, lanes), zeros[0])
+                    for r in range(input_step):
                         for s in range(count):
                             _copy_plane(grad_input[n0 + s, c + r], grad_xp[r], s * plane, pad_h, pad_w, stride_h,
                                         stride_w, H_p, W_p, samples * plane, pitch, False)

@@ -87,10 +87,14 @@ def test_wide_groups_match_reference(config, dtype, seed):
     ((2, 16, 8, 32), 2, 8, (3, 3), (2, 2), (1, 1), (1, 1), np.float32),   # stride 2: the forward's phases
     ((2, 16, 7, 8), 2, 16, (3, 3), (1, 1), (2, 2), (2, 2), np.float64),   # float64 vectors of 8, dilated
     ((2, 8, 3, 16), 1, 8, (1, 5), (1, 1), (0, 2), (1, 1), np.float64),    # a 1x5 kernel, 2 vectors a row
+    ((3, 5, 9, 16), 5, 1, (3, 3), (1, 1), (1, 1), (1, 1), np.float32),    # depthwise: 9 vectors a plane
+    ((2, 3, 7, 16), 3, 2, (5, 5), (1, 1), (2, 2), (1, 1), np.float64),    # multiplier 2, 14 vectors a plane
+    ((2, 4, 6, 32), 4, 1, (3, 3), (2, 2), (1, 1), (1, 1), np.float32),    # stride 2: phases, a vector a row
 ])
 def test_rows_of_whole_vectors_match_reference(shape, groups, o_group, k, s, p, d, dtype):
-    """Output (and, at stride 1, input) rows a whole number of vectors long take _gather_planes8: each
-    plane's rows without the junk column, sample by sample, into the output through one run a plane."""
+    """Output (and, at stride 1, input) rows a whole number of vectors long are gathered without the junk
+    column, sample by sample: 8 channels through _gather_planes8 (one run a plane into the output), one
+    channel through _gather_vectors straight into it."""
     rng = np.random.default_rng(3)
     x, w, b = operands(shape, groups, o_group, k, rng, dtype)
     check_against_reference(x, w, b, s, p, d, groups, dtype, rng)
@@ -98,8 +102,9 @@ def test_rows_of_whole_vectors_match_reference(shape, groups, o_group, k, s, p, 
 
 @st.composite
 def whole_vector_rows(draw):
-    """A wide grouped convolution (8 or 16 output channels a group) whose output rows are a whole number of
-    vectors long (8, 16 or 24 pixels in float64), the input width solved from the drawn kernel, stride, padding
+    """A grouped convolution, wide (8 or 16 output channels a group: _gather_planes8) or narrow (1-3: one
+    channel at a time, _gather_vectors straight into y), whose output rows are a whole number of vectors
+    long (8, 16 or 24 pixels in float64), the input width solved from the drawn kernel, stride, padding
     and dilation: (x shape, groups, o_group, kernel, stride, padding, dilation)."""
     k = (draw(st.integers(1, 3)), draw(st.integers(1, 4)))
     s = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
@@ -111,10 +116,10 @@ def whole_vector_rows(draw):
     assume(width >= 1 and reference.conv_output_size(height, k[0], s[0], p[0], d[0]) >= 1)
     groups, c_group = draw(st.integers(1, 2)), draw(st.sampled_from([1, 8]))
     shape = (draw(st.integers(1, 3)), groups * c_group, height, width)
-    return shape, groups, draw(st.sampled_from([8, 16])), k, s, p, d
+    return shape, groups, draw(st.sampled_from([1, 2, 3, 8, 16])), k, s, p, d
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(whole_vector_rows(), st.integers(0, 2**31))
 def test_rows_of_whole_vectors_drawn_match_reference(config, seed):
     """The same over drawn kernels, strides, paddings and dilations (float64: rows of 8, 16 or 24 pixels)."""
@@ -122,6 +127,33 @@ def test_rows_of_whole_vectors_drawn_match_reference(config, seed):
     rng = np.random.default_rng(seed)
     x, w, b = operands(shape, groups, o_group, k, rng, np.float64)
     check_against_reference(x, w, b, s, p, d, groups, np.float64, rng)
+
+
+@pytest.mark.parametrize("vectors", [1, 3, 8, 11, 16])  # fewer than 8, a whole 8, and a short last group
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gather_vectors_sums_every_tap_into_each_vector(vectors, dtype):
+    """dst[first + v·lanes + l] = start + Σ_t weights[t] · src[offsets[t] + bases[v] + l], bases in any order
+    (rows of whole vectors P apart), nothing written outside the vectors."""
+    rng = np.random.default_rng(vectors)
+    lanes, first, taps = 64 // np.dtype(dtype).itemsize, 3, 7
+    src = rng.standard_normal(40 * lanes).astype(dtype)
+    offsets = rng.integers(0, 10 * lanes, taps)
+    bases = (np.arange(vectors) // 2 * 3 * lanes + np.arange(vectors) % 2 * lanes).astype(np.int64)  # pairs a row
+    weights = rng.standard_normal(taps).astype(dtype)
+    dst = np.full(first + vectors * lanes + 5, -7.0, dtype)
+    depthwise._gather_vectors(dst, first, src, bases, offsets, weights, vectors, dtype(0.5))
+    reads = offsets[:, None, None] + bases[None, :, None] + np.arange(lanes)[None, None, :]  # (T, V, lanes)
+    want = 0.5 + np.einsum("t,tvl->vl", weights.astype(np.float64), src[reads].astype(np.float64))
+    np.testing.assert_allclose(dst[first:first + vectors * lanes], want.reshape(-1), **TOL[dtype])
+    assert (dst[:first] == -7).all() and (dst[first + vectors * lanes:] == -7).all()
+
+
+def test_forward_items_are_one_sample_when_rows_are_whole_vectors():
+    """The forward stacks samples into an item only when it gathers over the flat planes, junk included."""
+    whole = depthwise._Layout((64, 128, 16, 16), (128, 1, 3, 3), (1, 1), (1, 1), (1, 1), forward_lanes=16)
+    flat = depthwise._Layout((64, 128, 15, 15), (128, 1, 3, 3), (1, 1), (1, 1), (1, 1), forward_lanes=16)
+    backward = depthwise._Layout((64, 128, 16, 16), (128, 1, 3, 3), (1, 1), (1, 1), (1, 1))
+    assert whole.samples == 1 and flat.samples == backward.samples == 4
 
 
 def test_by_rows_puts_the_rows_of_a_block_last():
@@ -226,8 +258,9 @@ PLAIN_PYTHON_CHECK = """
 import numpy as np
 from kernels import depthwise, reference
 rng = np.random.default_rng(0)
-# wide loops (_gather_rows8, _dot_taps4); narrow ones; rows of whole vectors (8 float64 pixels: _gather_planes8)
-for groups, c_in, c_out, width in [(1, 8, 8, 5), (2, 4, 2, 5), (1, 8, 8, 8)]:
+# wide loops (_gather_rows8, _dot_taps4); narrow ones (_gather_vectors); rows of whole vectors (8 float64
+# pixels: _gather_planes8, and _gather_vectors for depthwise with a multiplier of 2)
+for groups, c_in, c_out, width in [(1, 8, 8, 5), (2, 4, 2, 5), (1, 8, 8, 8), (4, 4, 8, 8)]:
     x, w = rng.standard_normal((2, c_in, 4, width)), rng.standard_normal((c_out, c_in // groups, 3, 3))
     args = ((1, 1), (1, 1), (1, 1), groups)
     y = depthwise.grouped_conv2d_forward(x, w, None, *args)
@@ -374,7 +407,8 @@ def test_small_work_runs_on_one_thread_and_restores_the_count(monkeypatch):
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tap_counts_not_a_multiple_of_four(shape, groups, o_group, k, s, dtype):
-    """T = C_g·k_h·k_w taps run in passes of 4 and then one pass per remaining tap (no zero-weight padding)."""
+    """grad_weight's T = C_g·k_h·k_w taps run in passes of 4 and then one pass per remaining tap (no
+    zero-weight padding); the gathers take all T taps in one pass, whatever T."""
     rng = np.random.default_rng(10)
     x, w, b = operands(shape, groups, o_group, k, rng, dtype)
     check_against_reference(x, w, b, s, (k[0] // 2, k[1] // 2), (1, 1), groups, dtype, rng)
