@@ -38,7 +38,8 @@ How it is laid out:
 * A work item is one group g of a few consecutive samples (enough that
   the item's flat planes, laid end to end, are about ITEM_ELEMENTS long:
   one pass over a long run costs less than several over short ones; one
-  sample when the forward runs over rows of whole vectors, below). The
+  sample for depthwise planes of 256 values or more, and when the
+  forward runs over rows of whole vectors, below). The
   items are cut into B = NUMBA_NUM_THREADS contiguous blocks and one
   prange runs over the blocks; each block owns scratch buffers, reused
   for all its items.
@@ -168,7 +169,8 @@ def runs_direct(groups, channels_per_group, out_channels_per_group, kernel_size,
             and out_pixels >= DIRECT_MIN_PIXELS_WIDE)
 
 
-ITEM_ELEMENTS = 1024  # a work item stacks samples until its flat planes are about this long (see _Layout)
+ITEM_ELEMENTS = 1024  # a work item stacks samples until its flat planes are about this long (see _Layout);
+DEPTHWISE_STACK_BELOW = 256  # but with one input channel a group only planes smaller than this
 ROWS = 8  # _gather_rows8 holds 8 rows (channels) x two vectors of pixels of sums in registers,
 VECTOR_BYTES = 64  # vectors of 64 bytes (AVX-512): 16 float32 or 8 float64 pixels. Also the best on AVX2
 # code (NUMBA_CPU_NAME=haswell, grouped C_g = O_g = 16, 1 thread): 64 bytes as two registers 1.2x faster than
@@ -254,10 +256,14 @@ class _Layout:
     samples: how many samples one work item stacks, plane after plane, so that a pass over k runs over
     about ITEM_ELEMENTS values. A pass over one 16x16 plane (286 values) ran at 60% of the speed of one
     over 2,860: the set-up, the vector remainder and, in _dot_taps, the horizontal sums come once per
-    pass. 1024 measured best on 16x16 (depthwise slowed down again at 1536). But one sample when the
-    forward's output rows are whole vectors of `forward_lanes` pixels: its gathers then run sample by
-    sample anyway, and each stacked sample only adds a stream of x read and one of y written 128 KB
-    apart (depthwise 3x3, 16x16, C = 128, float32, 1 thread: forward 1.90 -> 1.58 ms)."""
+    pass. 1024 measured best on 16x16 grouped (C_g = 16: 1 sample 19.3 ms backward, 2-8 samples
+    16.5-16.7). With one input channel a group (depthwise), planes of DEPTHWISE_STACK_BELOW values or
+    more go one to an item: its passes are few, so what they cost matters less than the streams each
+    stacked sample adds, of x, grad_output and grad_input planes 128 KB apart (depthwise 3x3 C = 128,
+    float32, 1 thread, backward: 16x16 3.7 ms at 1 sample, 4.1 at 2, 5.2 at 4; but 7x7, planes of 64
+    values with their border: 3.0 ms at 1 sample, 1.75 at 4, 1.6 at 16). And one sample when the forward's
+    output rows are whole vectors of `forward_lanes` pixels: its gathers then run sample by sample
+    anyway, and stacking only adds streams (the same 16x16 layer: forward 1.90 -> 1.58 ms)."""
 
     def __init__(self, x_shape, weight_shape, stride, padding, dilation, forward_lanes=0):
         self.N, self.H, self.W = x_shape[0], x_shape[2], x_shape[3]
@@ -281,7 +287,8 @@ class _Layout:
         self.plane = self.rows * self.pitch
         self.slack = (self.H_p + 2) * self.pitch + LANES  # more than the last plane's reads overrun,
         # also when _gather_rows8 rounds a run up to a whole vector
-        self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane)))
+        stack = weight_shape[1] > 1 or self.plane < DEPTHWISE_STACK_BELOW
+        self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane))) if stack else 1
         if forward_lanes and self.out_w % forward_lanes == 0:
             self.samples = 1
 

@@ -148,12 +148,18 @@ def test_gather_vectors_sums_every_tap_into_each_vector(vectors, dtype):
     assert (dst[:first] == -7).all() and (dst[first + vectors * lanes:] == -7).all()
 
 
-def test_forward_items_are_one_sample_when_rows_are_whole_vectors():
-    """The forward stacks samples into an item only when it gathers over the flat planes, junk included."""
-    whole = depthwise._Layout((64, 128, 16, 16), (128, 1, 3, 3), (1, 1), (1, 1), (1, 1), forward_lanes=16)
-    flat = depthwise._Layout((64, 128, 15, 15), (128, 1, 3, 3), (1, 1), (1, 1), (1, 1), forward_lanes=16)
-    backward = depthwise._Layout((64, 128, 16, 16), (128, 1, 3, 3), (1, 1), (1, 1), (1, 1))
-    assert whole.samples == 1 and flat.samples == backward.samples == 4
+def test_items_stack_samples_by_plane_and_path():
+    """An item stacks samples up to ITEM_ELEMENTS values a plane, but not depthwise planes of
+    DEPTHWISE_STACK_BELOW values or more, nor in a forward over rows of whole vectors."""
+    def samples(x_shape, w_shape, forward_lanes=0):
+        return depthwise._Layout(x_shape, w_shape, (1, 1), (1, 1), (1, 1), forward_lanes).samples
+
+    assert samples((64, 128, 16, 16), (128, 16, 3, 3)) == 4        # grouped: planes of 17x17, stacked
+    assert samples((64, 128, 16, 16), (128, 16, 3, 3), 16) == 1    # its forward: rows of one vector
+    assert samples((64, 128, 15, 15), (128, 16, 3, 3), 16) == 4    # 15-pixel rows: a flat forward
+    assert samples((64, 128, 16, 16), (128, 1, 3, 3)) == 1         # depthwise planes of 289 values
+    assert samples((64, 128, 7, 7), (128, 1, 3, 3), 16) == 16      # depthwise planes of 64 values
+    assert samples((3, 128, 7, 7), (128, 1, 3, 3)) == 3            # no more than the batch
 
 
 def test_by_rows_puts_the_rows_of_a_block_last():
