@@ -88,7 +88,9 @@ How it is laid out:
   output rows, i·P + j with j < out_w, instead of the flat k: no junk
   column is computed, and each sample's 8 planes go to y as one run each.
   (The same layer: forward 8.6 -> 7.9 ms, 9% less, now on a Zen 4 EPYC.)
-  grad_input alike at stride 1 when W is such a multiple.
+  A narrow group's _gather_vectors runs over the rows too, straight into
+  y (one channel's plane is one run already). grad_input alike at stride
+  1 when W is such a multiple.
 * grad_input is the same gather run backwards in space: grad_output is
   copied with zero margins (A, B) = ((k_h-1)·dil_h // stride_h,
   (k_w-1)·dil_w // stride_w) (at stride 1 less the padding, at least 0:
