@@ -289,10 +289,9 @@ class _Layout:
         self.plane = self.rows * self.pitch
         self.slack = (self.H_p + 2) * self.pitch + LANES  # more than the last plane's reads overrun,
         # also when _gather_rows8 rounds a run up to a whole vector
-        stack = weight_shape[1] > 1 or self.plane < DEPTHWISE_STACK_BELOW
+        whole_rows = forward_lanes and self.out_w % forward_lanes == 0
+        stack = (weight_shape[1] > 1 or self.plane < DEPTHWISE_STACK_BELOW) and not whole_rows
         self.samples = max(1, min(self.N, _ceil_div(ITEM_ELEMENTS, self.plane))) if stack else 1
-        if forward_lanes and self.out_w % forward_lanes == 0:
-            self.samples = 1
 
     def vector_bases(self, width, height, lanes):
         """Where the vectors of `lanes` pixels of a _gather_rows8 start in its source:
@@ -708,6 +707,8 @@ def _forward_items(x, offsets, flat_bases, row_bases, tap_weights, row_weights, 
     step = ROWS if wide else 1  # output channels a pass
     lanes = _vector_lanes(x)
     whole_rows = row_bases.size > 0  # output rows of whole vectors
+    if whole_rows and samples != 1:  # the row gathers below read one sample an item (_Layout's forward_lanes)
+        raise ValueError("a forward over rows of whole vectors needs items of one sample")
     y_rows = y.reshape(N * C_out, out_h * out_w)
     for b in prange(blocks):
         xp = np.zeros(c_g * phases * samples * plane + slack, x.dtype)  # padding never written: stays zero
@@ -722,7 +723,7 @@ def _forward_items(x, offsets, flat_bases, row_bases, tap_weights, row_weights, 
                     _copy_plane(x[n0 + s, g * c_g + c], xp, (c * phases * samples + s) * plane, pad_h, pad_w,
                                 stride_h, stride_w, H_p, W_p, samples * plane, pitch, True)
             for o in range(g * o_g, (g + 1) * o_g, step):
-                if whole_rows:  # no junk column; an item is then one sample (_Layout)
+                if whole_rows:  # no junk column; an item is then one sample (checked above)
                     if wide:
                         _gather_planes8(y_rows[n0 * C_out + o:], out, xp, row_bases, offsets, row_weights[o // ROWS],
                                         bias[o:o + ROWS])
@@ -745,7 +746,7 @@ def _backward_items(grad_output, x, offsets, input_offsets, flat_bases, input_ro
                     input_row_weights, input_spans, grad_input, partial, need_input, need_weight, groups, pad_h, pad_w,
                     stride_h, stride_w, H_p, W_p, rows, pitch, margin_h, margin_w, samples, slack, blocks):
     # Items, planes, S and xp as in the forward. gp (O_g, samples, plane) + slack: the item's grad_output
-    # planes, each with zero margins (margin_h rows above, margin_w columns left); grad_xp (8 or 2, S, samples,
+    # planes, each with zero margins (margin_h rows above, margin_w columns left); grad_xp (8 or 1, S, samples,
     # plane) + LANES: input channels' grads in phases, 8 at a time through _gather_rows8 when C_g is 8k
     # (input_row_weights not empty), else one at a time through _gather_vectors; at stride 1 with W a whole
     # number of vectors (input_row_bases not empty) over the input rows, as the forward's. partial
@@ -767,8 +768,7 @@ def _backward_items(grad_output, x, offsets, input_offsets, flat_bases, input_ro
     for b in prange(blocks):
         gp = np.zeros(o_g * samples * plane + slack, x.dtype)  # + what the last gather overreads
         xp = np.zeros(c_g * phases * samples * plane + slack if need_weight else 0, x.dtype)
-        grad_xp = np.empty((input_step, phases * samples * plane + LANES if need_input else 0),
-                           x.dtype)
+        grad_xp = np.empty((input_step, phases * samples * plane + LANES if need_input else 0), x.dtype)
         lo, hi = _block(b, blocks, _ceil_div(N, samples) * groups)
         for item in range(lo, hi):
             n0, g = item // groups * samples, item % groups
