@@ -496,12 +496,15 @@ def _gather_rows8(dst, first, src, bases, offsets, weights, vectors, start):
                 a4[l] += w4 * p; a5[l] += w5 * p; a6[l] += w6 * p; a7[l] += w7 * p  # noqa: E702
                 a0[m] += w0 * q; a1[m] += w1 * q; a2[m] += w2 * q; a3[m] += w3 * q  # noqa: E702
                 a4[m] += w4 * q; a5[m] += w5 * q; a6[m] += w6 * q; a7[m] += w7 * q  # noqa: E702
-        for half, column in ((0, first + v * lanes), (lanes, first + u * lanes)):
-            d = dst[:, column:column + lanes]
-            for l in range(lanes):
-                m = half + l
-                d[0, l], d[1, l], d[2, l], d[3, l] = a0[m], a1[m], a2[m], a3[m]
-                d[4, l], d[5, l], d[6, l], d[7, l] = a4[m], a5[m], a6[m], a7[m]
+        column_v, column_u = first + v * lanes, first + u * lanes
+        _store_pair(dst[0], column_v, column_u, a0, lanes)
+        _store_pair(dst[1], column_v, column_u, a1, lanes)
+        _store_pair(dst[2], column_v, column_u, a2, lanes)
+        _store_pair(dst[3], column_v, column_u, a3, lanes)
+        _store_pair(dst[4], column_v, column_u, a4, lanes)
+        _store_pair(dst[5], column_v, column_u, a5, lanes)
+        _store_pair(dst[6], column_v, column_u, a6, lanes)
+        _store_pair(dst[7], column_v, column_u, a7, lanes)
 
 
 @njit(cache=True)
@@ -550,6 +553,21 @@ def _gather_vectors(dst, first, src, bases, offsets, weights, vectors, start):
             column, half = first + min(v0 + u, last) * lanes, (u % 2) * lanes
             for l in range(lanes):
                 dst[np.uint64(column + l)] = acc[half + l]
+
+
+@njit(cache=True, inline="always")
+def _store_pair(row, column_v, column_u, sums, lanes):
+    """row[column_v + l] = sums[l] and row[column_u + l] = sums[lanes + l] for l < lanes: a stack array of two
+    vectors of sums out to a 1-D row. Two loops of a constant trip count over 1-D slices, so that each is one
+    vector store: a 2-D slice dst[:, column:column + lanes], or an offset that varies at run time (a loop
+    over the two halves), compiled to 16 scalar stores a vector: about 250 cycles a pass of _gather_rows8,
+    14% of a 144-tap pass (grouped 3x3 C_g = 16, 16x16, 1 thread: forward 8.1-8.8 -> 7.4-8.1 ms side by side,
+    the same bits). (In _gather_vectors, whose stores are 1-D already, the same change measured no faster.)"""
+    first, second = row[column_v:column_v + lanes], row[column_u:column_u + lanes]
+    for l in range(lanes):
+        first[l] = sums[l]
+    for l in range(lanes):
+        second[l] = sums[lanes + l]
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
