@@ -107,8 +107,15 @@ def test_format_table_aligns_columns():
 def test_time_side_by_side_alternates():
     order = []
     timings = harness.time_side_by_side({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
-    assert order == ["a", "b"] * 4                       # one warm-up each, then a, b, a, b, ...
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # one warm-up each, then rounds a b, b a, a b
     assert len(timings["a"].times) == len(timings["b"].times) == 3
+
+
+def test_time_side_by_side_starts_each_round_one_contender_later():
+    order = []
+    harness.time_side_by_side({name: (lambda name=name: order.append(name)) for name in "abc"}, 4)
+    rounds = ["".join(order[3 + 3 * r:6 + 3 * r]) for r in range(4)]
+    assert order[:3] == ["a", "b", "c"] and rounds == ["abc", "bca", "cab", "abc"]
 
 
 def test_startup_runs_in_a_fresh_process():
