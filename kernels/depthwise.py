@@ -391,6 +391,20 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
+@njit(cache=True)
+def _int64_zero():
+    """0 typed int64, for _gather_rows8's `first`. A literal 0 passed to a jitted function is typed
+    Literal[int](0) and compiles it a second time beside its int64 signature: _gather_rows8 and
+    _gather_vectors each had both (listed by their .signatures after a fresh compile), compiles of 1.4-2.2 s
+    and 0.7 s by Numba's compile events. One signature each: a cold start (a 3x3 conv, a depthwise conv
+    and a max pool, fwd+bwd, float32, three alternations on a busy machine) 26.2 -> 25.1 s median.
+    _gather_vectors takes the other way: always the literal 0, its callers slicing dst at the
+    offset (a 1-D slice is the same array type), which LLVM folds into its stores (depthwise forward 3-5%
+    faster than with this run-time 0, measured); _gather_rows8's dst is 2-D, and a slice of its columns
+    would be a third array type."""
+    return np.int64(0)
+
+
 def _by_rows(tap_weights, groups):
     """tap_weights (R, ..., T) as (R/ROWS, ..., T, ROWS): R rows (output channels for the forward, input
     channels for grad_input) ROWS at a time for _gather_rows8, the row last. Empty (0, ..., T, ROWS) when a
@@ -516,7 +530,7 @@ def _gather_planes8(planes, out, src, bases, offsets, weights, start):
     vectors into each in turn, was slower than these runs: the stores missed the cache each time (grouped
     3x3 C_g = 16, 16x16, 1 thread: forward 9.0 ms flat with a copy-out of the junk, 8.3 straight into y,
     8.1 this way; the same store pattern alone, no arithmetic, 7x slower than writing y in order)."""
-    _gather_rows8(out, 0, src, bases, offsets, weights, bases.size, start)
+    _gather_rows8(out, _int64_zero(), src, bases, offsets, weights, bases.size, start)
     for r in range(ROWS):
         _copy_run(planes[r], 0, 1, out[r], 0, 1, bases.size * _vector_lanes(src))
 
@@ -750,8 +764,8 @@ def _forward_items(x, offsets, flat_bases, row_bases, tap_weights, row_weights, 
                                         row_bases.size, bias[o])
                     continue
                 if wide:
-                    _gather_rows8(out, 0, xp, flat_bases, offsets, row_weights[o // ROWS], _ceil_div(n, lanes),
-                                  bias[o:o + ROWS])
+                    _gather_rows8(out, _int64_zero(), xp, flat_bases, offsets, row_weights[o // ROWS],
+                                  _ceil_div(n, lanes), bias[o:o + ROWS])
                 else:
                     _gather_vectors(out[0], 0, xp, flat_bases, offsets, tap_weights[o], _ceil_div(n, lanes), bias[o])
                 for r in range(step):
@@ -817,7 +831,7 @@ def _backward_items(grad_output, x, offsets, input_offsets, flat_bases, input_ro
                             _gather_rows8(grad_xp, first, gp, flat_bases, input_offsets[phase],
                                           input_row_weights[c // ROWS, phase], _ceil_div(n, lanes), zeros)
                         else:
-                            _gather_vectors(grad_xp[0], first, gp, flat_bases, input_offsets[phase],
+                            _gather_vectors(grad_xp[0, first:], 0, gp, flat_bases, input_offsets[phase],
                                             input_weights[c, phase], _ceil_div(n, lanes), zeros[0])
                     for r in range(input_step):
                         for s in range(count):

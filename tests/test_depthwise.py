@@ -288,6 +288,33 @@ def test_the_kernel_runs_as_plain_python():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+ONE_SIGNATURE_CHECK = """
+import numba, numpy as np
+from kernels import depthwise
+rng = np.random.default_rng(0)
+# flat and row gathers, wide (8 output channels) and narrow (1), forward and backward, one dtype
+for c_in, c_out, groups, width in [(8, 8, 1, 5), (8, 8, 1, 16), (4, 4, 4, 5), (4, 4, 4, 16)]:
+    x, w = rng.standard_normal((2, c_in, 4, width)).astype(np.float32), rng.standard_normal((c_out, c_in // groups, 3, 3)).astype(np.float32)
+    y = depthwise.grouped_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), groups)
+    depthwise.grouped_conv2d_backward(y, x, w, (1, 1), (1, 1), (1, 1), groups)
+many = {name: len(f.signatures) for name, f in vars(depthwise).items()
+        if isinstance(f, numba.core.registry.CPUDispatcher) and f.py_func.__module__ == depthwise.__name__
+        and name != "_ceil_div" and len(f.signatures) > 1}
+print(many)
+"""
+
+
+def test_each_gather_compiles_once_per_dtype(tmp_path):
+    """A literal 0 passed as a gather's `first` compiled it a second time (Literal[int](0) beside int64), 1-2 s
+    of a cold start each: in a fresh Numba cache every jitted function of this file gets one signature per
+    dtype (_ceil_div aside: a literal lane count, a one-line function; conv2d's _block takes prange's
+    unsigned index here, a signed one there: 0.1 s)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", ONE_SIGNATURE_CHECK], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip() == "{}", proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def test_non_contiguous_inputs():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 7, 9, 4)).transpose(0, 3, 1, 2)   # (2, 4, 7, 9), not C-contiguous
