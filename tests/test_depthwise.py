@@ -294,7 +294,8 @@ from kernels import depthwise
 rng = np.random.default_rng(0)
 # flat and row gathers, wide (8 output channels) and narrow (1), forward and backward, one dtype
 for c_in, c_out, groups, width in [(8, 8, 1, 5), (8, 8, 1, 16), (4, 4, 4, 5), (4, 4, 4, 16)]:
-    x, w = rng.standard_normal((2, c_in, 4, width)).astype(np.float32), rng.standard_normal((c_out, c_in // groups, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((2, c_in, 4, width)).astype(np.float32)
+    w = rng.standard_normal((c_out, c_in // groups, 3, 3)).astype(np.float32)
     y = depthwise.grouped_conv2d_forward(x, w, None, (1, 1), (1, 1), (1, 1), groups)
     depthwise.grouped_conv2d_backward(y, x, w, (1, 1), (1, 1), (1, 1), groups)
 many = {name: len(f.signatures) for name, f in vars(depthwise).items()
